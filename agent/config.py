@@ -1,0 +1,464 @@
+"""The YAML configuration: loading, validation with `file:line` errors, frozen dataclasses.
+
+This is the only module that imports `yaml`. Every problem found is reported with the line
+it is on and how to fix it; one run reports all of them, not just the first. Unknown keys are
+errors (a typo must never be silently ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from agent import sim
+
+DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
+CONFIG_ENV_VAR = "C8YSIM_CONFIG"
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_EXTERNAL_ID_CHARS = 128
+MIN_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    message: str
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `str()` gives one `PATH:LINE: message` per line."""
+
+    def __init__(self, path: str, problems: list[Problem]):
+        self.path, self.problems = path, problems
+        super().__init__("\n".join(f"{path}:{p.line}: {p.message}" for p in problems))
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str | None = None  # None: the system trust store
+    cert_file: str | None = None  # client certificate login (X.509)
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class CumulocityConfig:
+    host: str
+    port: int
+    tls: TlsConfig | None
+    tenant: str | None
+    user: str | None
+    password: str | None = field(default=None, repr=False)
+    keepalive_s: int = 60
+    reconnect_max_s: float = 300.0
+    required_interval_min: int = 10
+
+    @property
+    def username(self) -> str | None:
+        return f"{self.tenant}/{self.user}" if self.tenant and self.user else None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    path: str = "/var/lib/c8ysim"
+    dsn: str | None = field(default=None, repr=False)
+    max_records: int = 200_000
+    max_age_hours: float = 24 * 7
+    synchronous: str = "normal"
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    type: str
+    interval_s: float
+    external_id: str
+    params: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    site: sim.Site
+    cumulocity: CumulocityConfig | None
+    storage: StorageConfig
+    status: StatusConfig
+    devices: tuple[DeviceConfig, ...]
+    log_level: str = "info"
+
+    def device(self, name: str) -> DeviceConfig:
+        return next(d for d in self.devices if d.name == name)
+
+
+def config_path(explicit: str | None = None) -> str:
+    """The config file to use: the explicit one, else `$C8YSIM_CONFIG`, else /etc."""
+    return explicit or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+
+
+def load(path: str) -> Config:
+    """Read and validate `path`; raises ConfigError listing every problem found."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [Problem(0, f"cannot read the config file: {exc}")]) from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    """Validate YAML `text` (named `path` in messages) into a Config."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [_yaml_problem(exc)]) from None
+    reader = _Reader()
+    config = reader.config(root, path)
+    if reader.problems:
+        raise ConfigError(path, sorted(reader.problems, key=lambda p: p.line))
+    return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark else 0
+    what = getattr(exc, "problem", None) or str(exc)
+    return Problem(line, f"not valid YAML: {what} (check indentation, colons and quotes)")
+
+
+_SENTINEL = object()
+
+
+class _Reader:
+    """Walks the composed YAML node tree, collecting problems with their line numbers."""
+
+    def __init__(self):
+        self.problems: list[Problem] = []
+        self._constructor = yaml.SafeLoader("")
+
+    # -- generic helpers ------------------------------------------------------------------
+
+    def error(self, node, message: str) -> None:
+        self.problems.append(Problem(node.start_mark.line + 1 if node else 1, message))
+
+    def mapping(self, node, where: str, allowed: tuple[str, ...]) -> dict:
+        """The mapping at `node` as {key: value node}; flags unknown and duplicate keys."""
+        items = _Items(node)
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{where} must be a mapping (key: value lines)")
+            return items
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in items:
+                self.error(key_node, f"duplicate key '{key}' in {where}; keep only one")
+            elif key not in allowed:
+                self.error(key_node, f"unknown key '{key}' in {where}{_suggest(key, allowed)}")
+            else:
+                items[key] = value_node
+        return items
+
+    def value(self, items: dict, key: str, where: str, kind, default=_SENTINEL, check=None):
+        """A scalar of python type `kind`; reports missing/wrong-typed/failed-check values."""
+        node = items.get(key)
+        if node is None:
+            if default is _SENTINEL:
+                self.error(items.node, f"missing required key '{key}' in {where}")
+                return None
+            return default
+        value = self._scalar(node)
+        if not _is_kind(value, kind):
+            self.error(node, f"{where}.{key} must be {_kind_name(kind)}, not {value!r}")
+            return default if default is not _SENTINEL else None
+        if check and (message := check(value)):
+            self.error(node, f"{where}.{key}: {message}")
+            return default if default is not _SENTINEL else None
+        return value
+
+    def _scalar(self, node):
+        if not isinstance(node, yaml.ScalarNode):
+            return _Composite()
+        return self._constructor.construct_object(node, deep=True)
+
+    def section(self, top: dict, key: str, allowed: tuple[str, ...]) -> dict:
+        node = top.get(key)
+        return self.mapping(node, key, allowed) if node is not None else _Items(top.node)
+
+    # -- sections -------------------------------------------------------------------------
+
+    def config(self, root, path: str) -> Config | None:
+        if root is None:
+            self.problems.append(Problem(1, "the config file is empty; start from the sample"))
+            return None
+        top = self.mapping(root, "the top level", (
+            "site", "household", "cumulocity", "storage", "status", "devices", "log_level"))
+        if "site" not in top:
+            self.error(root, "missing required section 'site' (latitude, longitude, ...)")
+        log_level = self.value(top, "log_level", "config", str, "info", _check_log_level)
+        devices = self.devices(top)
+        specs = tuple(sim.DeviceSpec(d.type, d.name, d.params) for d in devices)
+        return Config(
+            path=path,
+            site=dataclasses.replace(self.site(top), devices=specs),
+            cumulocity=self.cumulocity(top),
+            storage=self.storage(top),
+            status=self.status(top),
+            devices=tuple(devices),
+            log_level=log_level,
+        )
+
+    def site(self, top: dict) -> sim.Site:
+        items = self.section(top, "site", ("latitude", "longitude", "timezone", "seed"))
+        household = self.params(top.get("household"), "household", sim.HOUSEHOLD_PARAMS)
+        return sim.Site(
+            latitude=self.value(items, "latitude", "site", float, 52.52, _range(-90, 90)),
+            longitude=self.value(items, "longitude", "site", float, 13.40, _range(-180, 180)),
+            timezone=self.value(items, "timezone", "site", str, "UTC", _check_timezone),
+            seed=self.value(items, "seed", "site", int, 1),
+            household=household,
+        )
+
+    def params(self, node, where: str, catalogue) -> tuple[tuple[str, float], ...]:
+        if node is None:
+            return ()
+        items = self.mapping(node, where, tuple(catalogue))
+        values = ((k, self.value(items, k, where, float, None, _positive)) for k in items)
+        return tuple((k, float(v)) for k, v in values if v is not None)
+
+    def cumulocity(self, top: dict) -> CumulocityConfig | None:
+        if "cumulocity" not in top:
+            return None
+        items = self.section(top, "cumulocity", (
+            "host", "port", "tls", "tenant", "user", "password", "password_file",
+            "keepalive_s", "reconnect_max_s", "required_interval_min"))
+        where = "cumulocity"
+        tls = self.tls(items.get("tls"))
+        password = self.password(items)
+        if tls is None or tls.cert_file is None:
+            for key in ("tenant", "user"):
+                self.value(items, key, where, str)
+            if password is None and "password" not in items and "password_file" not in items:
+                self.error(top["cumulocity"], "cumulocity needs 'password' or 'password_file' "
+                           "(or tls.cert_file for certificate login)")
+        return CumulocityConfig(
+            host=self.value(items, "host", where, str, check=_non_empty),
+            port=self.value(items, "port", where, int, 8883 if tls else 1883, _check_port),
+            tls=tls,
+            tenant=self.value(items, "tenant", where, str, None),
+            user=self.value(items, "user", where, str, None),
+            password=password,
+            keepalive_s=self.value(items, "keepalive_s", where, int, 60, _range(5, 3600)),
+            reconnect_max_s=self.value(
+                items, "reconnect_max_s", where, float, 300.0, _range(1, 86400)),
+            required_interval_min=self.value(
+                items, "required_interval_min", where, int, 10, _range(-32768, 32767)),
+        )
+
+    def tls(self, node) -> TlsConfig | None:
+        if node is None or isinstance(node, yaml.ScalarNode):
+            value = self._scalar(node) if node is not None else False
+            if not isinstance(value, bool):
+                self.error(node, "cumulocity.tls must be true, false or a mapping "
+                           "{ca_file, cert_file, key_file}")
+                return None
+            return TlsConfig() if value else None
+        items = self.mapping(node, "cumulocity.tls", ("ca_file", "cert_file", "key_file"))
+        files = {k: self.value(items, k, "cumulocity.tls", str, None, _readable_file)
+                 for k in ("ca_file", "cert_file", "key_file")}
+        if bool(files["cert_file"]) != bool(files["key_file"]):
+            self.error(node, "cumulocity.tls: cert_file and key_file go together; set both")
+        return TlsConfig(**files)
+
+    def password(self, items: dict) -> str | None:
+        if "password" in items and "password_file" in items:
+            self.error(items["password_file"], "set either cumulocity.password or "
+                       "cumulocity.password_file, not both")
+            return None
+        if "password" in items:
+            return str(self.value(items, "password", "cumulocity", (str, int)))
+        file_name = self.value(items, "password_file", "cumulocity", str, None, _readable_file)
+        if file_name is None:
+            return None
+        return Path(file_name).read_text(encoding="utf-8").strip()
+
+    def storage(self, top: dict) -> StorageConfig:
+        items = self.section(top, "storage", (
+            "backend", "path", "dsn", "max_records", "max_age_hours", "synchronous"))
+        where, defaults = "storage", StorageConfig()
+        backend = self.value(items, "backend", where, str, "sqlite", _one_of("sqlite", "postgres"))
+        dsn = self.value(items, "dsn", where, str, None)
+        if backend == "postgres" and not dsn:
+            self.error(items.node, "storage.backend is postgres: set storage.dsn "
+                       "(e.g. postgresql://c8ysim@localhost/c8ysim)")
+        return StorageConfig(
+            backend=backend,
+            path=self.value(items, "path", where, str, _default_state_dir(), _non_empty),
+            dsn=dsn,
+            max_records=self.value(
+                items, "max_records", where, int, defaults.max_records, _range(100, 10**9)),
+            max_age_hours=self.value(
+                items, "max_age_hours", where, float, defaults.max_age_hours, _positive),
+            synchronous=self.value(
+                items, "synchronous", where, str, "normal", _one_of("normal", "full")),
+        )
+
+    def status(self, top: dict) -> StatusConfig:
+        items = self.section(top, "status", ("listen",))
+        listen = self.value(items, "listen", "status", str, "127.0.0.1:8080", _check_listen)
+        host, port = _split_listen(listen or "127.0.0.1:8080")
+        return StatusConfig(host=host, port=port)
+
+    def devices(self, top: dict) -> list[DeviceConfig]:
+        node = top.get("devices")
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.error(node or top.node, "'devices' must be a non-empty list of "
+                       "{name, type, interval_s} mappings")
+            return []
+        devices: list[DeviceConfig] = []
+        for item in node.value:
+            device = self.device(item)
+            if device is None:
+                continue
+            if any(d.name == device.name for d in devices):
+                self.error(item, f"duplicate device name '{device.name}'; names must be unique")
+            elif any(d.external_id == device.external_id for d in devices):
+                self.error(item, f"duplicate external_id '{device.external_id}'")
+            else:
+                devices.append(device)
+        return devices
+
+    def device(self, node) -> DeviceConfig | None:
+        items = self.mapping(node, "a device", ("name", "type", "interval_s", "external_id")
+                             + tuple(sim.KINDS))
+        name = self.value(items, "name", "device", str, check=_check_device_name)
+        kind = self.value(items, "type", "device", str, check=_one_of(*sim.KINDS))
+        interval = self.value(items, "interval_s", "device", float, 10.0,
+                              _range(MIN_INTERVAL_S, 86400))
+        external_id = self.value(items, "external_id", "device", str,
+                                 f"c8ysim-{name}", _check_external_id)
+        for other in sim.KINDS:
+            if other in items and other != kind:
+                self.error(items[other], f"'{other}:' parameters on a device of type '{kind}'")
+        params = self.params(items.get(kind), f"device.{kind}", sim.PARAMS.get(kind, {}))
+        if name is None or kind is None:
+            return None
+        return DeviceConfig(name, kind, float(interval), external_id, params)
+
+
+class _Items(dict):
+    """A mapping's entries, remembering the mapping node (for 'missing key' lines)."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+
+class _Composite:
+    """Stands for a list or mapping where a scalar was expected."""
+
+    def __repr__(self):
+        return "a list or mapping"
+
+
+def _is_kind(value, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if float in kinds and isinstance(value, int):
+        return True
+    return isinstance(value, kinds)
+
+
+def _kind_name(kind) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names[k] for k in kinds)
+
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (allowed: {', '.join(allowed)})"
+
+
+def _range(low: float, high: float):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _check_port(port: int) -> str | None:
+    return None if 1 <= port <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+def _check_log_level(level: str) -> str | None:
+    return _one_of("debug", "info", "warning", "error")(level)
+
+
+def _check_timezone(name: str) -> str | None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone '{name}' (use an IANA name such as Europe/Berlin)"
+    return None
+
+
+def _check_device_name(name: str) -> str | None:
+    if DEVICE_NAME_RE.match(name):
+        return None
+    return "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def _check_external_id(external_id: str) -> str | None:
+    if ":" in external_id:
+        return "must not contain ':' (Cumulocity reads it as a client ID separator)"
+    if not external_id.strip() or len(external_id) > MAX_EXTERNAL_ID_CHARS:
+        return f"must be 1-{MAX_EXTERNAL_ID_CHARS} characters"
+    if any(c in external_id for c in "+#/ ") or not external_id.isprintable():
+        return "must not contain '+', '#', '/', spaces or control characters"
+    return None
+
+
+def _readable_file(name: str) -> str | None:
+    return None if os.access(name, os.R_OK) else f"cannot read file '{name}'"
+
+
+def _check_listen(listen: str) -> str | None:
+    try:
+        _split_listen(listen)
+    except ValueError:
+        return "use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+    return None
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(listen)
+    return host.strip("[]"), int(port)
+
+
+def _default_state_dir() -> str:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; outside systemd fall back to /var/lib.
+    return os.environ.get("STATE_DIRECTORY", "/var/lib/c8ysim").split(":")[0]

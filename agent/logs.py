@@ -1,0 +1,38 @@
+"""Logging to stderr with syslog priority prefixes, for journald (`SyslogLevelPrefix=yes`).
+
+`journalctl -u c8ysim -p warning` then filters by level. Every line names its source: the
+supervisor or the device a child runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                   logging.CRITICAL: 2}
+
+
+class SyslogPrefixFormatter(logging.Formatter):
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = SYSLOG_PRIORITY.get(record.levelno, 6)
+        text = f"<{priority}>{self.source}: {record.getMessage()}"
+        if record.exc_info:
+            trace = self.formatException(record.exc_info).replace("\n", f"\n<{priority}>")
+            text += f"\n<{priority}>{trace}"
+        return text
+
+
+def setup(level: str, source: str) -> None:
+    """(Re)configure the root logger: one stderr handler naming `source`."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SyslogPrefixFormatter(source))
+    root.addHandler(handler)
+    root.setLevel(level.upper())

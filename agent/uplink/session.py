@@ -1,0 +1,280 @@
+"""The Cumulocity session of one device: connect, register, subscribe, drain; reconnect forever.
+
+Runs in the device's main thread only: `handle()` takes the transport's events, `poll()` acts
+on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
+
+    CONNECT -> 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds, s/e
+            -> (s/ds granted) 500 -> drain the buffer
+
+Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
+flight, so those rows are sent again on the next connection (at least once, in order).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import time
+from dataclasses import dataclass
+
+from agent import backoff
+from agent.storage import Buffer, Record
+from agent.uplink import smartrest
+from agent.uplink.transport import (
+    Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
+    Published, Subscribed)
+
+WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large windows
+ROWS_PER_PEEK = 500
+BACKOFF_BASE_S = 1.0
+STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
+CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attempt
+REGISTER_TIMEOUT_S = 30.0  # CONNACK to online (100 PUBACK, SUBACKs)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the device tells Cumulocity about itself on every connect."""
+
+    name: str
+    type: str
+    serial: str
+    model: str
+    revision: str
+    supported_operations: tuple[str, ...]
+    required_interval_min: int
+
+
+class Session:
+    def __init__(self, endpoint: Endpoint, registration: Registration, buffer: Buffer,
+                 events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random):
+        self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
+        self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
+        self.state = "disconnected"
+        self.connection: Connection | None = None
+        self.generation = 0
+        self.failures = 0
+        self.retry_at = 0.0  # monotonic time of the next connect attempt
+        self.state_since = time.monotonic()
+        self.connected_since: float | None = None  # wall clock, for the status page
+        self.pending: dict[int, str] = {}  # session-message mids -> what they were
+        self.inflight: dict[int, list[int]] = {}  # publish mid -> buffered row ids
+        self.cursor = 0  # highest row id handed to paho on this connection
+        self.sent = 0
+        self.reconnects = 0
+        self.last_ack: float | None = None
+        self.last_error: str | None = None
+        self.auth_failed = False
+
+    # -- driven by the device loop ------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        if self.state == "disconnected" and now >= self.retry_at:
+            self._open(now)
+        elif self.state in ("connecting", "registering") and \
+                now - self.state_since > _timeout_for(self.state):
+            self._fail(now, f"no answer from the broker within {_timeout_for(self.state):.0f} s")
+        elif self.state == "online":
+            if self.failures and now - self.state_since >= STABLE_AFTER_S:
+                self.failures = 0
+            self._fill_window(now)
+
+    def handle(self, event, now: float) -> None:
+        if getattr(event, "generation", None) != self.generation or self.connection is None:
+            return  # from a connection we already gave up on
+        handler = _HANDLERS.get(type(event))
+        if handler:
+            handler(self, event, now)
+
+    def wakeup_in(self, now: float) -> float | None:
+        """Seconds until poll() has timed work to do (None: only events matter)."""
+        if self.state == "disconnected":
+            return max(0.0, self.retry_at - now)
+        if self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+            return None
+        return 1.0
+
+    def close(self) -> None:
+        if self.connection:
+            self.connection.close()
+            self.connection = None
+        self.state = "stopped"
+
+    def status(self) -> dict:
+        return {
+            "connection": "auth_failed" if self.auth_failed and self.state != "online"
+            else self.state,
+            "connected": self.state == "online",
+            "connected_since": self.connected_since,
+            "inflight": sum(len(ids) for ids in self.inflight.values()),
+            "sent": self.sent,
+            "reconnects": self.reconnects,
+            "last_ack": self.last_ack,
+            "last_error": self.last_error,
+        }
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _open(self, now: float) -> None:
+        self.generation += 1
+        self.connection = Connection(self.endpoint, self.events, self.generation,
+                                     WINDOW_PUBLISHES + 4)
+        self._enter("connecting", now)
+        log.info("connecting to %s:%d as %s", self.endpoint.host, self.endpoint.port,
+                 self.endpoint.client_id)
+        self.connection.start()
+
+    def _fail(self, now: float, reason: str, auth: bool = False) -> None:
+        was_online = self.state == "online"
+        if self.connection:
+            self.connection.close()
+            self.connection = None
+        self.failures += 1
+        self.auth_failed = auth
+        delay = (backoff.near_cap(self.reconnect_max_s, self.rng) if auth else
+                 backoff.full_jitter(self.failures, BACKOFF_BASE_S, self.reconnect_max_s,
+                                     self.rng))
+        self.retry_at = now + delay
+        self.last_error = reason
+        self.inflight.clear()
+        self.pending.clear()
+        self.cursor = 0
+        self.connected_since = None
+        self._enter("disconnected", now)
+        if was_online:
+            self.reconnects += 1
+        level = logging.ERROR if auth else logging.WARNING
+        log.log(level, "%s; reconnecting in %.1f s", reason, delay)
+
+    def _enter(self, state: str, now: float) -> None:
+        self.state, self.state_since = state, now
+
+    def _send_session(self, what: str, payload: str) -> None:
+        mid = self.connection.publish(smartrest.UPSTREAM_TOPIC, payload.encode())
+        self.pending[mid] = what
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_connected(self, event: Connected, now: float) -> None:
+        if not event.ok:
+            hint = " (check tenant, user and password)" if event.auth_failed else ""
+            self._fail(now, f"broker refused the connection: {event.reason}{hint}",
+                       auth=event.auth_failed)
+            return
+        self.auth_failed = False
+        reg = self.registration
+        self._enter("registering", now)
+        self._send_session("100", smartrest.device_creation(reg.name, reg.type))
+
+    def _on_connect_failed(self, event: ConnectFailed, now: float) -> None:
+        self._fail(now, f"cannot connect to {self.endpoint.host}:{self.endpoint.port}")
+
+    def _on_disconnected(self, event: Disconnected, now: float) -> None:
+        self._fail(now, f"connection lost: {event.reason}")
+
+    def _on_published(self, event: Published, now: float) -> None:
+        what = self.pending.pop(event.mid, None)
+        if what == "100":
+            self._after_device_created()
+            return
+        ids = self.inflight.pop(event.mid, None)
+        if ids:
+            self.buffer.ack(ids)
+            self.sent += len(ids)
+            self.last_ack = time.time()
+            self._fill_window(now)
+
+    def _after_device_created(self) -> None:
+        reg = self.registration
+        lines = [smartrest.hardware(reg.serial, reg.model, reg.revision),
+                 smartrest.supported_operations(*reg.supported_operations),
+                 smartrest.required_interval(reg.required_interval_min)]
+        self._send_session("inventory", "\n".join(lines))
+        self.pending[self.connection.subscribe(smartrest.OPERATIONS_TOPIC, 1)] = "s/ds"
+        self.pending[self.connection.subscribe(smartrest.ERRORS_TOPIC, 0)] = "s/e"
+
+    def _on_subscribed(self, event: Subscribed, now: float) -> None:
+        what = self.pending.pop(event.mid, None)
+        if what != "s/ds":
+            return
+        if not all(event.granted):
+            self._fail(now, "the broker refused the subscription to s/ds")
+            return
+        self._send_session("500", smartrest.get_pending_operations())
+        self._enter("online", now)
+        self.connected_since = time.time()
+        self.last_error = None
+        log.info("online as %s", self.endpoint.client_id)
+        self._fill_window(now)
+
+    def _on_message(self, event: Message, now: float) -> None:
+        if event.topic == smartrest.ERRORS_TOPIC:
+            log.warning("Cumulocity reports an error: %s",
+                        event.payload.decode("utf-8", "replace")[:500])
+            return
+        for operation in smartrest.parse_operations(event.payload):
+            log.info("ignoring operation %d for %s (not supported yet)", operation.template,
+                     operation.external_id)
+
+    # -- draining the buffer ------------------------------------------------------------------
+
+    def _fill_window(self, now: float) -> None:
+        while self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+            rows = self.buffer.peek(ROWS_PER_PEEK, after_id=self.cursor)
+            if not rows:
+                return
+            for topic, batch in _batches(rows):
+                if not self._publish_batch(topic, batch, now):
+                    return
+
+    def _publish_batch(self, topic: str, batch: list[Record], now: float) -> bool:
+        payload = b"\n".join(r.payload for r in batch)
+        if len(payload) > smartrest.MAX_PAYLOAD_BYTES:
+            self.buffer.quarantine([r.id for r in batch], "larger than the MQTT payload limit")
+            log.error("quarantined record %d: %d bytes exceed the %d-byte limit", batch[0].id,
+                      len(payload), smartrest.MAX_PAYLOAD_BYTES)
+            self.cursor = batch[-1].id
+            return True
+        try:
+            mid = self.connection.publish(topic, payload)
+        except NotConnected as exc:
+            self.last_error = f"publish failed: {exc}"
+            return False  # the Disconnected event follows
+        self.inflight[mid] = [r.id for r in batch]
+        self.cursor = batch[-1].id
+        return len(self.inflight) < WINDOW_PUBLISHES
+
+
+def _batches(rows: list[Record]):
+    """Consecutive rows of one topic, packed into payloads of at most the size limit.
+
+    A row that alone exceeds the limit comes out as a batch of its own (to be quarantined).
+    """
+    batch: list[Record] = []
+    size = 0
+    for row in rows:
+        fits = size + 1 + len(row.payload) <= smartrest.MAX_PAYLOAD_BYTES
+        if batch and (row.topic != batch[0].topic or not fits):
+            yield batch[0].topic, batch
+            batch, size = [], 0
+        batch.append(row)
+        size += len(row.payload) + (1 if len(batch) > 1 else 0)
+    if batch:
+        yield batch[0].topic, batch
+
+
+def _timeout_for(state: str) -> float:
+    return CONNECT_TIMEOUT_S if state == "connecting" else REGISTER_TIMEOUT_S
+
+
+_HANDLERS = {
+    Connected: Session._on_connected,
+    ConnectFailed: Session._on_connect_failed,
+    Disconnected: Session._on_disconnected,
+    Published: Session._on_published,
+    Subscribed: Session._on_subscribed,
+    Message: Session._on_message,
+}
