@@ -1,0 +1,34 @@
+# c8ysim: `make run` runs the agent on the sample config; `make test` runs every test.
+# Both work as root on a fresh Debian 12: they install the system packages they need.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_OK := $(VENV)/.installed
+CONFIG ?= etc/c8ysim.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test system-deps clean
+
+$(VENV_OK): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian packages: venv support for the Python in use, and mosquitto for the tests.
+system-deps:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	    { apt-get update -q && apt-get install -y -q python3-venv; }
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	    { apt-get update -q && apt-get install -y -q mosquitto; }
+
+run: system-deps $(VENV_OK)
+	@$(VENV)/bin/python -c 'import socket; socket.create_connection(("localhost", 1883), 1)' \
+	    2>/dev/null || echo "note: no MQTT broker on localhost:1883 yet; readings are buffered until one is there"
+	$(VENV)/bin/c8ysim run --config $(CONFIG)
+
+test: system-deps $(VENV_OK)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis build dist *.egg-info
