@@ -17,7 +17,8 @@ REFRESH_S = 5
 COLUMNS = ("name", "type", "state", "connection", "queued", "sent", "dropped", "last_error")
 
 
-def build_app(status: Callable[[], dict], healthy: Callable[[], bool]) -> bottle.Bottle:
+def build_app(status: Callable[[], dict], healthy: Callable[[], bool],
+              history: Callable[[str], list | None] = lambda name: None) -> bottle.Bottle:
     app = bottle.Bottle()
 
     @app.get("/")

@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,6 +37,9 @@ RESTART_CAP_S = 60.0
 STABLE_RUN_S = 60.0  # a child that ran this long starts its backoff afresh
 STATUS_EVERY_S = 2.0
 MAX_DATAGRAM_BYTES = 65536
+HISTORY_SPAN_S = 3600.0  # recent readings kept per device for the status page
+HISTORY_MIN_STEP_S = 5.0  # at most one kept reading per this many seconds
+HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
 PR_SET_NAME = 15
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,17 @@ class Child:
     last_exit: str | None = None
     then: str | None = None  # after this process exits: "respawn" or "remove"
     beat: dict = field(default_factory=dict)
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
+
+    def remember(self, reading: dict | None) -> None:
+        """Keep `reading` in the bounded history if it is new enough to be worth a point."""
+        if not reading or "time" not in reading:
+            return
+        if self.history and reading["time"] - self.history[-1]["time"] < HISTORY_MIN_STEP_S:
+            if reading["time"] >= self.history[-1]["time"]:
+                return
+            self.history.clear()  # the wall clock went back: start the history afresh
+        self.history.append(reading)
 
 
 class Supervisor:
@@ -189,6 +204,7 @@ class Supervisor:
                 log.warning("unreadable heartbeat from %s", child.name)
                 continue
             child.last_beat_at = time.monotonic()
+            child.remember(child.beat.get("last_reading"))
             if child.state == "starting":
                 child.state = "running"
 
@@ -322,9 +338,14 @@ class Supervisor:
     # -- status -------------------------------------------------------------------------------
 
     def _bind_status(self) -> StatusServer:
-        app = self.build_app(self.status, self.healthy)
+        app = self.build_app(self.status, self.healthy, self.history)
         return StatusServer(app, self.config.status.host, self.config.status.port,
                             self.selector)
+
+    def history(self, name: str) -> list[dict] | None:
+        """Recent readings of device `name`, oldest first (None: no such device)."""
+        child = self.children.get(name)
+        return None if child is None else list(child.history)
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_turn < 5 * LOOP_TIMEOUT_S
