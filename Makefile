@@ -9,6 +9,10 @@ PYTEST_ARGS ?=
 
 .PHONY: run test system-deps clean
 
+# Each area adds its targets and test prerequisites (TEST_DEPS) in a fragment of its own.
+TEST_DEPS :=
+-include mk/*.mk
+
 $(VENV_OK): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -27,7 +31,7 @@ run: system-deps $(VENV_OK)
 	    2>/dev/null || echo "note: no MQTT broker on localhost:1883 yet; readings are buffered until one is there"
 	$(VENV)/bin/c8ysim run --config $(CONFIG)
 
-test: system-deps $(VENV_OK)
+test: system-deps $(TEST_DEPS) $(VENV_OK)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:

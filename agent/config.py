@@ -82,6 +82,15 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class SupervisorConfig:
+    """How the supervisor watches its children (the defaults suit production)."""
+
+    heartbeat_timeout_s: float = 30.0  # a child silent this long is stuck: TERM it
+    kill_grace_s: float = 5.0  # after TERM, wait this long before KILL
+    stop_timeout_s: float = 8.0  # on stop, children get this long before KILL
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     name: str
     type: str
@@ -99,6 +108,7 @@ class Config:
     status: StatusConfig
     devices: tuple[DeviceConfig, ...]
     log_level: str = "info"
+    supervisor: SupervisorConfig = SupervisorConfig()
 
     def device(self, name: str) -> DeviceConfig:
         return next(d for d in self.devices if d.name == name)
@@ -202,7 +212,8 @@ class _Reader:
             self.problems.append(Problem(1, "the config file is empty; start from the sample"))
             return None
         top = self.mapping(root, "the top level", (
-            "site", "household", "cumulocity", "storage", "status", "devices", "log_level"))
+            "site", "household", "cumulocity", "storage", "status", "devices", "log_level",
+            "supervisor"))
         if "site" not in top:
             self.error(root, "missing required section 'site' (latitude, longitude, ...)")
         log_level = self.value(top, "log_level", "config", str, "info", _check_log_level)
@@ -216,7 +227,16 @@ class _Reader:
             status=self.status(top),
             devices=tuple(devices),
             log_level=log_level,
+            supervisor=self.supervisor(top),
         )
+
+    def supervisor(self, top: dict) -> SupervisorConfig:
+        items = self.section(top, "supervisor", tuple(SupervisorConfig.__dataclass_fields__))
+        defaults = SupervisorConfig()
+        return SupervisorConfig(**{
+            key: float(self.value(items, key, "supervisor", float, getattr(defaults, key),
+                                  _range(0.1, 3600)))
+            for key in SupervisorConfig.__dataclass_fields__})
 
     def site(self, top: dict) -> sim.Site:
         items = self.section(top, "site", ("latitude", "longitude", "timezone", "seed"))

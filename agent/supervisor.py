@@ -29,9 +29,6 @@ from agent.notify import Notifier
 from agent.status_server import StatusServer
 
 LOOP_TIMEOUT_S = 0.5
-HEARTBEAT_TIMEOUT_S = 30.0  # a child silent this long is stuck: TERM it
-KILL_GRACE_S = 5.0  # after TERM, wait this long before KILL
-STOP_TIMEOUT_S = 8.0  # on stop, children get this long before KILL
 RESTART_BASE_S = 1.0
 RESTART_CAP_S = 60.0
 STABLE_RUN_S = 60.0  # a child that ran this long starts its backoff afresh
@@ -262,11 +259,13 @@ class Supervisor:
             if child.pid is None:
                 continue
             if child.term_sent_at is not None:
-                grace = STOP_TIMEOUT_S if self.stopping_since is not None else KILL_GRACE_S
+                timeouts = self.config.supervisor
+                grace = (timeouts.stop_timeout_s if self.stopping_since is not None
+                         else timeouts.kill_grace_s)
                 if now - child.term_sent_at > grace:
                     log.error("%s did not stop within %.0f s; killing it", child.name, grace)
                     _kill(child.pid, signal.SIGKILL)
-            elif now - child.last_beat_at > HEARTBEAT_TIMEOUT_S:
+            elif now - child.last_beat_at > self.config.supervisor.heartbeat_timeout_s:
                 log.error("%s sent no heartbeat for %.0f s; terminating it", child.name,
                           now - child.last_beat_at)
                 self._terminate(child)
