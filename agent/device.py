@@ -31,6 +31,7 @@ MODEL_STATE_KEY = "model.state"
 DEVICE_TYPES = {"pv": "c8ysim_PvInverter", "heatpump": "c8ysim_HeatPump",
                 "grid": "c8ysim_GridMeter"}
 EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_RESTART = 75  # EX_TEMPFAIL: the device restarts itself for a c8y_Restart operation
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class Device:
                     next_tick = now + interval
             if self.session:
                 self.session.poll(time.monotonic())
+                if self.session.operations.restart_requested:
+                    log.info("restarting the device for its c8y_Restart operation")
+                    self.close()
+                    return EXIT_RESTART
             if now >= next_heartbeat:
                 self.send_heartbeat()
                 next_heartbeat = now + HEARTBEAT_INTERVAL_S

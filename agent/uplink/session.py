@@ -4,7 +4,7 @@ Runs in the device's main thread only: `handle()` takes the transport's events, 
 on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
 
     CONNECT -> 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds, s/e
-            -> (s/ds granted) 500 -> drain the buffer
+            -> (s/ds granted) finish an in-flight restart (503/502) -> 500 -> drain
 
 Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
 flight, so those rows are sent again on the next connection (at least once, in order).
@@ -17,10 +17,12 @@ import queue
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from agent import backoff
 from agent.storage import Buffer, Record
 from agent.uplink import smartrest
+from agent.uplink.operations import Operations
 from agent.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
     Published, Subscribed)
@@ -53,6 +55,7 @@ class Session:
                  events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random):
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
+        self.operations = Operations(endpoint.client_id, buffer)
         self.state = "disconnected"
         self.connection: Connection | None = None
         self.generation = 0
@@ -60,8 +63,9 @@ class Session:
         self.retry_at = 0.0  # monotonic time of the next connect attempt
         self.state_since = time.monotonic()
         self.connected_since: float | None = None  # wall clock, for the status page
-        self.pending: dict[int, str] = {}  # session-message mids -> what they were
+        self.pending: dict[int, Callable[[], None] | None] = {}  # mid -> on PUBACK/SUBACK
         self.inflight: dict[int, list[int]] = {}  # publish mid -> buffered row ids
+        self.subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
         self.cursor = 0  # highest row id handed to paho on this connection
         self.sent = 0
         self.reconnects = 0
@@ -141,6 +145,7 @@ class Session:
         self.last_error = reason
         self.inflight.clear()
         self.pending.clear()
+        self.subscriptions.clear()
         self.cursor = 0
         self.connected_since = None
         self._enter("disconnected", now)
@@ -152,9 +157,16 @@ class Session:
     def _enter(self, state: str, now: float) -> None:
         self.state, self.state_since = state, now
 
-    def _send_session(self, what: str, payload: str) -> None:
-        mid = self.connection.publish(smartrest.UPSTREAM_TOPIC, payload.encode())
-        self.pending[mid] = what
+    def _send_session(self, payload: str, on_ack: Callable[[], None] | None = None) -> None:
+        """Publish a session line now (not via the buffer); `on_ack` runs on its PUBACK."""
+        if self.connection is None:
+            return
+        try:
+            mid = self.connection.publish(smartrest.UPSTREAM_TOPIC, payload.encode())
+        except NotConnected as exc:
+            self.last_error = f"publish failed: {exc}"  # the Disconnected event follows
+            return
+        self.pending[mid] = on_ack
 
     # -- events -------------------------------------------------------------------------
 
@@ -167,7 +179,8 @@ class Session:
         self.auth_failed = False
         reg = self.registration
         self._enter("registering", now)
-        self._send_session("100", smartrest.device_creation(reg.name, reg.type))
+        self._send_session(smartrest.device_creation(reg.name, reg.type),
+                           self._after_device_created)
 
     def _on_connect_failed(self, event: ConnectFailed, now: float) -> None:
         self._fail(now, f"cannot connect to {self.endpoint.host}:{self.endpoint.port}")
@@ -176,9 +189,10 @@ class Session:
         self._fail(now, f"connection lost: {event.reason}")
 
     def _on_published(self, event: Published, now: float) -> None:
-        what = self.pending.pop(event.mid, None)
-        if what == "100":
-            self._after_device_created()
+        if event.mid in self.pending:
+            on_ack = self.pending.pop(event.mid)
+            if on_ack:
+                on_ack()
             return
         ids = self.inflight.pop(event.mid, None)
         if ids:
@@ -192,18 +206,22 @@ class Session:
         lines = [smartrest.hardware(reg.serial, reg.model, reg.revision),
                  smartrest.supported_operations(*reg.supported_operations),
                  smartrest.required_interval(reg.required_interval_min)]
-        self._send_session("inventory", "\n".join(lines))
-        self.pending[self.connection.subscribe(smartrest.OPERATIONS_TOPIC, 1)] = "s/ds"
-        self.pending[self.connection.subscribe(smartrest.ERRORS_TOPIC, 0)] = "s/e"
+        self._send_session("\n".join(lines))
+        try:
+            self.subscriptions = {
+                self.connection.subscribe(smartrest.OPERATIONS_TOPIC, 1): "s/ds",
+                self.connection.subscribe(smartrest.ERRORS_TOPIC, 0): "s/e"}
+        except NotConnected as exc:
+            self.last_error = f"subscribe failed: {exc}"  # the Disconnected event follows
 
     def _on_subscribed(self, event: Subscribed, now: float) -> None:
-        what = self.pending.pop(event.mid, None)
-        if what != "s/ds":
+        if self.subscriptions.pop(event.mid, None) != "s/ds":
             return
         if not all(event.granted):
             self._fail(now, "the broker refused the subscription to s/ds")
             return
-        self._send_session("500", smartrest.get_pending_operations())
+        self.operations.resume(self._send_session)
+        self._send_session(smartrest.get_pending_operations())
         self._enter("online", now)
         self.connected_since = time.time()
         self.last_error = None
@@ -215,9 +233,8 @@ class Session:
             log.warning("Cumulocity reports an error: %s",
                         event.payload.decode("utf-8", "replace")[:500])
             return
-        for operation in smartrest.parse_operations(event.payload):
-            log.info("ignoring operation %d for %s (not supported yet)", operation.template,
-                     operation.external_id)
+        if event.topic == smartrest.OPERATIONS_TOPIC:
+            self.operations.handle(event.payload, self._send_session)
 
     # -- draining the buffer ------------------------------------------------------------------
 

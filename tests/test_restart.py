@@ -1,0 +1,103 @@
+"""The c8y_Restart operation end to end through a real broker and real processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import paho.mqtt.publish as publish
+
+from conftest import free_port, wait_until, write_config
+
+PV = "c8ysim-pv-roof"
+
+
+def send_operation(port: int, line: str) -> None:
+    publish.single("s/ds", line, qos=1, hostname="127.0.0.1", port=port)
+
+
+def upstream(recorder, prefix: str) -> list[str]:
+    return [line for line in recorder.lines() if line.startswith(prefix)]
+
+
+def start_agent(tmp_path, mosquitto, agent_factory):
+    status_port = free_port()
+    agent = agent_factory(write_config(tmp_path, mosquitto.port, status_port), status_port)
+    agent.start()
+    wait_until(lambda: all(d["connected"] for d in agent.devices().values()), 15,
+               what="devices online")
+    return agent
+
+
+def test_restart_501_respawn_reregister_503_and_repeat_ignored(tmp_path, mosquitto, recorder,
+                                                               agent_factory):
+    agent = start_agent(tmp_path, mosquitto, agent_factory)
+    pids = {name: d["pid"] for name, d in agent.devices().items()}
+    send_operation(mosquitto.port, f"510,{PV}")
+    send_operation(mosquitto.port, f"510,{PV}")  # a repeat while it runs: ignored
+    wait_until(lambda: upstream(recorder, "503,c8y_Restart"), 15, what="503 after the restart")
+    lines = recorder.lines()
+    assert upstream(recorder, "501,c8y_Restart") == ["501,c8y_Restart"]
+    assert upstream(recorder, "503,c8y_Restart") == ["503,c8y_Restart"]
+    first_501 = lines.index("501,c8y_Restart")
+    assert "100,pv-roof,c8ysim_PvInverter" in lines[first_501:lines.index("503,c8y_Restart")]
+    after = {name: d["pid"] for name, d in agent.devices().items()}
+    assert after["pv-roof"] != pids["pv-roof"]
+    assert after["heatpump"] == pids["heatpump"] and after["grid-meter"] == pids["grid-meter"]
+    # 500 follows the 503 on the new connection
+    tail = lines[lines.index("503,c8y_Restart"):]
+    assert "500" in tail
+    assert agent.stop() == 0
+
+
+def test_operations_for_other_devices_and_garbage_are_ignored(tmp_path, mosquitto, recorder,
+                                                              agent_factory):
+    agent = start_agent(tmp_path, mosquitto, agent_factory)
+    pids = {name: d["pid"] for name, d in agent.devices().items()}
+    for payload in ("510,someone-else", "", "\x00\xff,,,\"", '511,c8ysim-pv-roof,"unterminated',
+                    "999," + PV, "510", "x" * 20000, f'511,{PV},"a\nb"\n510,other'):
+        send_operation(mosquitto.port, payload)
+    time.sleep(1.5)
+    assert not upstream(recorder, "501,")
+    assert {name: d["pid"] for name, d in agent.devices().items()} == pids
+    assert all(d["connected"] for d in agent.devices().values())
+    assert "ignoring unsupported operation 511" in agent.log_text()
+    assert agent.stop() == 0
+
+
+def set_marker(tmp_path, device: str, value: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    from agent.config import StorageConfig
+    from agent.storage import open_buffer
+    buffer = open_buffer(StorageConfig(path=str(state)), device)
+    buffer.set_meta("operation.c8y_Restart", value)
+    buffer.close()
+
+
+def marker(tmp_path, device: str):
+    db = sqlite3.connect(tmp_path / "state" / f"{device}.sqlite3")
+    row = db.execute("SELECT value FROM meta WHERE key = 'operation.c8y_Restart'").fetchone()
+    db.close()
+    return row[0] if row else None
+
+
+def test_crash_after_501_acknowledged_ends_in_503(tmp_path, mosquitto, recorder, agent_factory):
+    set_marker(tmp_path, "pv-roof", "executing")  # what a crash after 501's PUBACK leaves
+    agent = start_agent(tmp_path, mosquitto, agent_factory)
+    wait_until(lambda: upstream(recorder, "503,c8y_Restart"), 10, what="503")
+    wait_until(lambda: marker(tmp_path, "pv-roof") is None, 5, what="marker cleared")
+    assert not upstream(recorder, "502,")
+    assert agent.stop() == 0
+
+
+def test_crash_before_501_acknowledged_ends_in_502(tmp_path, mosquitto, recorder, agent_factory):
+    set_marker(tmp_path, "pv-roof", "accepted")  # a crash between 510 and 501's PUBACK
+    agent = start_agent(tmp_path, mosquitto, agent_factory)
+    wait_until(lambda: upstream(recorder, "502,c8y_Restart"), 10, what="502")
+    assert upstream(recorder, "502,c8y_Restart") == [
+        "502,c8y_Restart,Agent restarted before the restart could start"]
+    lines = recorder.lines()
+    assert "500" in lines[lines.index(upstream(recorder, "502,")[0]):]
+    wait_until(lambda: marker(tmp_path, "pv-roof") is None, 5, what="marker cleared")
+    assert agent.stop() == 0
