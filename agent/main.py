@@ -8,7 +8,9 @@ never imports the modules that open connections.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from agent import __version__, config, logs
 
@@ -32,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file; exit 78 if bad")
     check.add_argument("path", nargs="?", help="config file to check")
     check.set_defaults(handler=_check_config)
+    send = commands.add_parser(
+        "send-test", help="queue one test message for a device's MQTT session")
+    send.add_argument("--config", help="config file (as for run)")
+    send.add_argument("--device", required=True, help="device name from the config")
+    send.add_argument("--topic", required=True, help="MQTT topic, e.g. s/us")
+    send.add_argument("--message", required=True, help="payload text, e.g. 400,c8y_Test,hi")
+    send.set_defaults(handler=_send_test)
     return parser
 
 
@@ -67,3 +76,50 @@ def _run(args) -> int:
     except OSError as exc:  # e.g. the status port is taken
         print(f"c8ysim: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _send_test(args) -> int:
+    """Append the message to the device's own buffer: the running device sends it in order,
+    through its session, like any reading (and keeps it through an outage)."""
+    from agent.storage import open_buffer
+    from agent.uplink.smartrest import MAX_PAYLOAD_BYTES
+
+    cfg = _load_or_report(config.config_path(args.config))
+    if cfg is None:
+        return config.EX_CONFIG
+    names = [d.name for d in cfg.devices]
+    problem = _send_test_problem(args, names, MAX_PAYLOAD_BYTES)
+    if problem:
+        print(f"c8ysim send-test: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    _become_state_owner(cfg)
+    buffer = open_buffer(cfg.storage, args.device)
+    buffer.put_many([(args.topic, args.message.encode(), time.time())])
+    buffer.close()
+    print(f"queued for {args.device} on {args.topic} ({len(args.message.encode())} bytes); "
+          "it is sent as soon as the device is online")
+    return 0
+
+
+def _send_test_problem(args, names: list[str], max_bytes: int) -> str | None:
+    if args.device not in names:
+        return f"no device '{args.device}' in the config (devices: {', '.join(names)})"
+    if not args.topic or "+" in args.topic or "#" in args.topic or "\0" in args.topic:
+        return f"'{args.topic}' is not a topic to publish to: no '+', '#' or empty topics"
+    if args.topic.startswith("$"):
+        return "topics starting with '$' are reserved for the broker"
+    if len(args.message.encode()) > max_bytes:
+        return f"the message is longer than the {max_bytes}-byte MQTT payload limit"
+    return None
+
+
+def _become_state_owner(cfg: config.Config) -> None:
+    """Run as root? Write the SQLite files as the user owning the state directory (the
+    service user), or the service could no longer open the WAL files root creates."""
+    path = cfg.storage.path
+    if cfg.storage.backend != "sqlite" or os.geteuid() != 0 or not os.path.isdir(path):
+        return
+    owner = os.stat(path)
+    if owner.st_uid != 0:
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
