@@ -8,6 +8,11 @@ Rules for everything under `agent/sim/`: no clock reads, no I/O, no global `rand
 imports from the rest of the agent. A model is a pure function of time:
 `step(state, t, dt) -> (state, reading)`; its noise is seeded from
 (site seed, device, time bucket) so any process can recompute any device at any time.
+
+Modules: noise (counter-based randomness), clock (local and solar time), sun (NOAA),
+weather (temperature, clouds, wind), voltage (shared grid voltage), pv, heatpump,
+h0 + load (household consumption), household (one instant of the whole site and the
+grid balance), energy (registers), alarms, devices (Readings and the Model classes).
 """
 
 from __future__ import annotations
@@ -112,10 +117,10 @@ class Model(Protocol):
 
 
 def build_model(site: Site, device_name: str) -> Model:
-    """The model of the named device of `site`."""
-    from agent.sim import ranges
+    """The model of the named device of `site` (KeyError: no such device; ValueError: kind)."""
+    from agent.sim import devices
 
-    return ranges.RangeModel(site, site.device(device_name))
+    return devices.build(site, device_name)
 
 
 __all__ = [
