@@ -26,6 +26,8 @@ def test_registers_never_decrease_across_restarts(tmp_path, mosquitto, agent_fac
     agent = agent_factory(config, status_port).start()
     # PV exports (A-), the heat pump imports (A+), the grid meter has both
     wait_until(lambda: len(registers(agent)) == 4, 10, what="registers of all devices")
+    grid_import = ("grid-meter", "c8y_ThreePhaseEnergyMeasurement.A+")
+    wait_until(lambda: registers(agent)[grid_import] > 0, 20, what="grid import to count")
     os.kill(agent.devices()["grid-meter"]["pid"], signal.SIGKILL)
     before_kill = registers(agent)
     wait_until(lambda: agent.devices()["grid-meter"]["state"] == "running"
