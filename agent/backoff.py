@@ -23,3 +23,12 @@ def full_jitter(failures: int, base_s: float, cap_s: float, rng: random.Random) 
 def near_cap(cap_s: float, rng: random.Random) -> float:
     """A delay in [cap/2, cap]: for failures that retrying soon cannot fix (bad credentials)."""
     return rng.uniform(cap_s / 2.0, cap_s)
+
+
+def equal_jitter(failures: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """A delay drawn uniformly from [ceiling/2, ceiling]: spread out, yet never near zero.
+
+    For restarting a crashed process, where retrying at once would only crash it again.
+    """
+    ceiling = ceiling_s(failures, base_s, cap_s)
+    return rng.uniform(ceiling / 2.0, ceiling)

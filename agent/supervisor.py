@@ -4,12 +4,15 @@ Each loop turn it dispatches signals (TERM/INT stop, HUP reload, CHLD reap), rea
 children's heartbeat datagrams, serves the status page, reaps exited children, kills children
 whose heartbeat went stale (TERM, then KILL), starts children whose backoff is due, and pets
 systemd. It forks one child per device; what a child runs comes in as `run_child`, so this
-module imports nothing that opens a connection (fork safety by construction).
+module imports nothing that opens a connection (fork safety by construction). What happens to
+a child on each event is decided by the pure state machine in `agent.states`; this module
+only carries the decisions out.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import logging
@@ -24,20 +27,24 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from agent import __version__, logs
-from agent.config import EX_CONFIG, Config, ConfigError
+from agent.config import Config, ConfigError
 from agent.notify import Notifier
+from agent.states import IDLE, Action, ChildState, Death, Event, Policy, next_state
 from agent.status_server import StatusServer
 
-LOOP_TIMEOUT_S = 0.5
-RESTART_BASE_S = 1.0
-RESTART_CAP_S = 60.0
-STABLE_RUN_S = 60.0  # a child that ran this long starts its backoff afresh
-STATUS_EVERY_S = 2.0
+LOOP_TIMEOUT_S = 0.5  # longest select() wait: the loop turns at least this often
+START_STAGGER_S = 0.1  # due restarts are forked at most one per this interval
+STATUS_EVERY_S = 2.0  # STATUS= to systemd at most this often (and only on change)
+HEALTHY_LOOP_LAG_S = 5 * LOOP_TIMEOUT_S  # /healthz fails when the loop lags this much
 MAX_DATAGRAM_BYTES = 65536
 HISTORY_SPAN_S = 3600.0  # recent readings kept per device for the status page
 HISTORY_MIN_STEP_S = 5.0  # at most one kept reading per this many seconds
 HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
-PR_SET_NAME = 15
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+PR_SET_NAME = 15  # prctl(2)
+PR_SET_PDEATHSIG = 1  # prctl(2)
+RESPAWN, REMOVE = "respawn", "remove"  # what follows a requested stop
+HOUSEHOLD_WIDE_TYPES = frozenset({"grid"})  # a grid meter's reading sums the other devices
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +54,18 @@ class Child:
     """What the supervisor knows about one device's process."""
 
     name: str
+    state: ChildState = ChildState.EXITED
     pid: int | None = None
     sock: socket.socket | None = None
-    state: str = "backoff"  # starting, running, backoff, stopping, fatal
     started_at: float = 0.0
     last_beat_at: float = 0.0
     term_sent_at: float | None = None
+    kill_sent: bool = False
     next_start_at: float = 0.0
-    failures: int = 0
+    plan: str | None = None  # after a requested stop: RESPAWN or REMOVE
+    deaths: tuple[Death, ...] = ()
     restarts: int = 0
     last_exit: str | None = None
-    then: str | None = None  # after this process exits: "respawn" or "remove"
     beat: dict = field(default_factory=dict)
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
 
@@ -74,9 +82,10 @@ class Child:
 
 class Supervisor:
     def __init__(self, config: Config, run_child: Callable, build_app: Callable,
-                 load_config: Callable[[str], Config], notifier: Notifier):
+                 load_config: Callable[[str], Config], notifier: Notifier,
+                 policy: Policy = Policy()):
         self.config, self.run_child, self.build_app = config, run_child, build_app
-        self.load_config, self.notifier = load_config, notifier
+        self.load_config, self.notifier, self.policy = load_config, notifier, policy
         self.selector = selectors.DefaultSelector()
         self.children: dict[str, Child] = {}
         self.pid = os.getpid()
@@ -89,82 +98,151 @@ class Supervisor:
         self._next_status_at = 0.0
         self._watchdog_s = _watchdog_interval_s()
         self._next_pet_at = 0.0
+        self._next_stagger_at = 0.0
 
     # -- main loop --------------------------------------------------------------------------
 
     def run(self) -> int:
+        """Start every device, tell systemd we are ready, loop until stopped; exit code."""
         self._install_signals()
-        self.server = self._bind_status()
+        self.server = self._bind_status(self.config)
         for device in self.config.devices:
-            self.children[device.name] = Child(device.name)
-            self._spawn(self.children[device.name])
+            self._add(device.name)
         self.notifier.notify("READY=1")
         log.info("started %d devices; status page on http://%s:%d/", len(self.children),
                  self.server.host, self.server.port)
         while self.children or self.stopping_since is None:
             self._turn()
-        self.server.close()
-        log.info("stopped")
+        self._close_server()
+        log.info("stopped in %.1f s", time.monotonic() - self.stopping_since)
         return 0
 
     def _turn(self) -> None:
-        for key, _mask in self.selector.select(LOOP_TIMEOUT_S):
+        for key, _mask in self.selector.select(self._select_timeout(time.monotonic())):
             key.data()
         now = time.monotonic()
         self.last_turn = now
         self._reap()
-        self._check_heartbeats(now)
+        self._check_children(now)
         self._start_due(now)
-        self.server.expire(now)
+        if self.server:
+            self.server.expire(now)
         self._pet(now)
+
+    def _select_timeout(self, now: float) -> float:
+        deadlines = [c.next_start_at for c in self.children.values()
+                     if c.state is ChildState.BACKOFF]
+        if self._watchdog_s:
+            deadlines.append(self._next_pet_at)
+        return max(0.0, min([now + LOOP_TIMEOUT_S, *deadlines]) - now)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, _record_only)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
 
     def _on_signals(self) -> None:
         try:
             received = self._wake_r.recv(256)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return
+        dispatch = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+                    signal.SIGHUP: self.reload, signal.SIGCHLD: self._reap}
         for signum in received:
-            {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
-             signal.SIGHUP: self.reload, signal.SIGCHLD: self._reap}.get(signum, _ignore)()
+            dispatch.get(signum, _ignore)()
 
-    # -- children -------------------------------------------------------------------------
+    # -- the state machine ----------------------------------------------------------------
+
+    def _fire(self, child: Child, event: Event, code: int = 0, ran_s: float = 0.0) -> None:
+        """Feed `event` to the child's state machine and carry out what it decides."""
+        now = time.monotonic()
+        step = next_state(child.state, event, now, child.deaths, code=code, ran_s=ran_s,
+                          policy=self.policy, rng=self.rng)
+        before, child.state, child.deaths = child.state, step.state, step.history
+        if step.state is ChildState.FATAL and before is not ChildState.FATAL:
+            log.error("%s is FATAL after %s: %s", child.name, child.last_exit, step.reason)
+        if step.action is Action.SPAWN:
+            self._spawn(child)
+        elif step.action is Action.TERM:
+            self._send_term(child, now)
+        elif step.action is Action.KILL:
+            self._send_kill(child)
+        elif step.action is Action.WAIT:
+            child.next_start_at, child.restarts = now + step.delay_s, child.restarts + 1
+            log.warning("%s exited (%s); restarting in %.1f s", child.name, child.last_exit,
+                        step.delay_s)
+
+    def _add(self, name: str) -> None:
+        self.children[name] = Child(name)
+        self._fire(self.children[name], Event.START)
+
+    def _retire(self, child: Child, plan: str) -> None:
+        """Stop `child`, then respawn it (changed config) or forget it (removed, shutdown)."""
+        child.plan = plan
+        self._fire(child, Event.STOP)
+        if child.state is ChildState.EXITED:  # it had no process to stop
+            self._after_stop(child)
+
+    def _after_stop(self, child: Child) -> None:
+        plan, child.plan = child.plan, None
+        if plan == RESPAWN and self.stopping_since is None:
+            self._fire(child, Event.START)
+        else:
+            del self.children[child.name]
+
+    # -- processes --------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         parent_end.setblocking(False)
         child_end.setblocking(False)
-        gc.collect()
-        gc.freeze()  # keep the shared pages shared: a child's GC won't touch frozen objects
-        pid = os.fork()
-        if pid == 0:
-            parent_end.close()
-            self._become_child(child.name, child_end)
-        gc.unfreeze()
+        pid = self._fork(child.name, parent_end, child_end)
         child_end.close()
+        if pid is None:
+            parent_end.close()
+            child.last_exit = "fork failed"
+            self._fire(child, Event.DIED, code=1)
+            return
         now = time.monotonic()
-        child.pid, child.sock, child.state = pid, parent_end, "starting"
-        child.started_at = child.last_beat_at = now
-        child.term_sent_at, child.beat = None, {}
+        child.pid, child.sock, child.started_at, child.last_beat_at = pid, parent_end, now, now
+        child.term_sent_at, child.kill_sent, child.beat = None, False, {}
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._read_beats(child))
         log.info("started %s (pid %d)", child.name, pid)
 
-    def _become_child(self, name: str, heartbeat: socket.socket) -> None:
+    def _fork(self, name: str, parent_end: socket.socket, child_end: socket.socket) -> int | None:
+        """fork(); the child runs `run_child` and never returns here. None: fork failed."""
+        gc.collect()
+        gc.freeze()  # keep the shared pages shared: a child's GC won't touch frozen objects
+        # Blocked across fork(): a signal landing in the child before it resets its handlers
+        # would otherwise be written to the wake-up socket it shares with us.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or of processes: a death like any other
+            log.error("cannot fork %s: %s", name, exc)
+            pid = None
+        if pid == 0:
+            parent_end.close()
+            self._become_child(name, child_end, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        gc.unfreeze()
+        return pid
+
+    def _become_child(self, name: str, heartbeat: socket.socket, mask) -> None:
         """Runs in the forked child and never returns."""
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGCHLD):
-                signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for signum in (signal.SIGHUP, signal.SIGINT):  # the supervisor handles these
+                signal.signal(signum, signal.SIG_IGN)
+            _die_with_parent(self.pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._close_inherited()
             logs.setup(self.config.log_level, name)
             _set_process_name(f"c8ysim:{name}")
@@ -186,24 +264,24 @@ class Supervisor:
         self._wake_r.close()
         self._wake_w.close()
         self.selector.close()
+        self.notifier.close()
 
     def _read_beats(self, child: Child) -> None:
         while child.sock:
             try:
                 data = child.sock.recv(MAX_DATAGRAM_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: drained
                 return
             try:
-                child.beat = json.loads(data)
+                beat = json.loads(data)
             except ValueError:
                 log.warning("unreadable heartbeat from %s", child.name)
                 continue
-            child.last_beat_at = time.monotonic()
-            child.remember(child.beat.get("last_reading"))
-            if child.state == "starting":
-                child.state = "running"
+            child.beat, child.last_beat_at = beat, time.monotonic()
+            child.remember(beat.get("last_reading"))
+            if child.state is ChildState.STARTING:
+                log.info("%s running (pid %s)", child.name, child.pid)
+            self._fire(child, Event.BEAT)
 
     def _reap(self) -> None:
         while True:
@@ -218,128 +296,121 @@ class Supervisor:
                 self._exited(child, os.waitstatus_to_exitcode(status))
 
     def _exited(self, child: Child, code: int) -> None:
-        now = time.monotonic()
         if child.sock:
             self.selector.unregister(child.sock)
             child.sock.close()
+        ran_s = time.monotonic() - child.started_at
         child.pid, child.sock = None, None
         child.last_exit = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        then, child.then = child.then, None
-        if self.stopping_since is not None or then == "remove":
-            log.info("%s stopped (%s)", child.name, child.last_exit)
-            del self.children[child.name]
-        elif then == "respawn":
-            self._spawn(child)
-        elif code == EX_CONFIG:
-            child.state = "fatal"
-            log.error("%s exited with code 78 (configuration); not restarting until reload",
-                      child.name)
-        else:
-            self._schedule_restart(child, now)
-
-    def _schedule_restart(self, child: Child, now: float) -> None:
-        if now - child.started_at >= STABLE_RUN_S:
-            child.failures = 0
-        child.failures += 1
-        ceiling = min(RESTART_CAP_S, RESTART_BASE_S * 2 ** (child.failures - 1))
-        delay = self.rng.uniform(ceiling / 2, ceiling)
-        child.state, child.next_start_at = "backoff", now + delay
-        child.restarts += 1
-        log.warning("%s exited (%s); restarting in %.1f s", child.name, child.last_exit, delay)
+        if child.plan is None:
+            self._fire(child, Event.DIED, code=code, ran_s=ran_s)
+            return
+        log.info("%s stopped (%s)", child.name, child.last_exit)
+        self._fire(child, Event.STOPPED)
+        self._after_stop(child)
 
     def _start_due(self, now: float) -> None:
         if self.stopping_since is not None:
             return
         for child in list(self.children.values()):
-            if child.state == "backoff" and child.pid is None and now >= child.next_start_at:
-                self._spawn(child)
+            if now < self._next_stagger_at:
+                return
+            if child.state is ChildState.BACKOFF and now >= child.next_start_at:
+                self._next_stagger_at = now + START_STAGGER_S
+                self._fire(child, Event.START)
 
-    def _check_heartbeats(self, now: float) -> None:
-        for child in self.children.values():
-            if child.pid is None:
-                continue
-            if child.term_sent_at is not None:
-                timeouts = self.config.supervisor
-                grace = (timeouts.stop_timeout_s if self.stopping_since is not None
-                         else timeouts.kill_grace_s)
-                if now - child.term_sent_at > grace:
-                    log.error("%s did not stop within %.0f s; killing it", child.name, grace)
-                    _kill(child.pid, signal.SIGKILL)
-            elif now - child.last_beat_at > self.config.supervisor.heartbeat_timeout_s:
-                log.error("%s sent no heartbeat for %.0f s; terminating it", child.name,
+    def _check_children(self, now: float) -> None:
+        """KILL children whose grace is over; TERM children whose heartbeat went stale."""
+        timeouts = self.config.supervisor
+        for child in list(self.children.values()):
+            if child.state is ChildState.STOPPING and child.term_sent_at is not None:
+                grace = timeouts.stop_timeout_s if child.plan else timeouts.kill_grace_s
+                if not child.kill_sent and now - child.term_sent_at > grace:
+                    log.error("%s did not stop within %.1f s; killing it", child.name, grace)
+                    self._fire(child, Event.GRACE_OVER)
+            elif child.pid and now - child.last_beat_at > timeouts.heartbeat_timeout_s:
+                log.error("%s sent no heartbeat for %.1f s; terminating it", child.name,
                           now - child.last_beat_at)
-                self._terminate(child)
+                self._fire(child, Event.STALE)
 
-    def _terminate(self, child: Child) -> None:
+    def _send_term(self, child: Child, now: float) -> None:
         if child.pid is not None and child.term_sent_at is None:
-            child.term_sent_at = time.monotonic()
-            child.state = "stopping"
+            child.term_sent_at = now
             _kill(child.pid, signal.SIGTERM)
+
+    def _send_kill(self, child: Child) -> None:
+        if child.pid is not None:
+            child.kill_sent = True
+            _kill(child.pid, signal.SIGKILL)
 
     # -- stop and reload ------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """SIGTERM/SIGINT: TERM every child, KILL what is left after stop_timeout_s, exit 0."""
         if self.stopping_since is not None:
             return
         log.info("stopping %d devices", len(self.children))
         self.notifier.notify("STOPPING=1")
         self.stopping_since = time.monotonic()
         for child in list(self.children.values()):
-            if child.pid is None:
-                del self.children[child.name]
-            else:
-                self._terminate(child)
+            self._retire(child, REMOVE)
 
     def reload(self) -> None:
+        """SIGHUP: re-read the YAML; if valid, apply it by difference, else keep running."""
         if self.stopping_since is not None:
             return
-        self.notifier.notify("RELOADING=1")
+        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = self.load_config(self.config.path)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 log.error("reload refused, keeping the running configuration: %s", line)
-            self.notifier.notify("READY=1")
-            return
-        self._apply(new)
+        else:
+            self._apply(new)
         self.notifier.notify("READY=1")
+        self._next_status_at = 0.0  # say how things stand right away
 
     def _apply(self, new: Config) -> None:
         old, self.config = self.config, new
-        shared_changed = (old.site != new.site or old.cumulocity != new.cumulocity or
-                          old.storage != new.storage or old.log_level != new.log_level)
-        if old.status != new.status:
-            self.server.close()
-            self.server = self._bind_status()
         logs.setup(new.log_level, "supervisor")
-        old_devices = {d.name: d for d in old.devices}
-        for name, child in list(self.children.items()):
-            if name not in {d.name for d in new.devices}:
-                self._retire(child, "remove")
-            elif shared_changed or old_devices[name] != new.device(name):
-                self._retire(child, "respawn")
-        for device in new.devices:
-            if device.name not in self.children:
-                self.children[device.name] = Child(device.name)
-                self._spawn(self.children[device.name])
-        log.info("reloaded %s: %d devices", new.path, len(new.devices))
-
-    def _retire(self, child: Child, then: str) -> None:
-        if child.pid is None:
-            if then == "remove":
-                del self.children[child.name]
+        if old.status != new.status:
+            self._rebind_status(old, new)
+        removed, changed, added = diff(old, new)
+        for name in removed:
+            self._retire(self.children[name], REMOVE)
+        for name in changed:
+            self._retire(self.children[name], RESPAWN)
+        for child in list(self.children.values()):
+            if child.state in IDLE:
+                log.info("%s: retrying after the reload", child.name)
+            self._fire(child, Event.RELOAD)
+        for name in added:
+            if name in self.children:  # removed by an earlier reload, not yet gone
+                self.children[name].plan = RESPAWN
             else:
-                child.failures, child.state, child.next_start_at = 0, "backoff", 0.0
-            return
-        child.then = then
-        self._terminate(child)
+                self._add(name)
+        log.info("reloaded %s: %d devices (%d added, %d removed, %d changed)", new.path,
+                 len(new.devices), len(added), len(removed), len(changed))
 
     # -- status -------------------------------------------------------------------------------
 
-    def _bind_status(self) -> StatusServer:
+    def _bind_status(self, config: Config) -> StatusServer:
         app = self.build_app(self.status, self.healthy, self.history)
-        return StatusServer(app, self.config.status.host, self.config.status.port,
-                            self.selector)
+        return StatusServer(app, config.status.host, config.status.port, self.selector)
+
+    def _rebind_status(self, old: Config, new: Config) -> None:
+        self._close_server()
+        try:
+            self.server = self._bind_status(new)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d (%s); the status page stays on %s:%d",
+                      new.status.host, new.status.port, exc, old.status.host, old.status.port)
+            self.server = self._bind_status(old)
+
+    def _close_server(self) -> None:
+        if self.server:
+            self.server.close()
+            self.server = None
 
     def history(self, name: str) -> list[dict] | None:
         """Recent readings of device `name`, oldest first (None: no such device)."""
@@ -347,7 +418,7 @@ class Supervisor:
         return None if child is None else list(child.history)
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.last_turn < 5 * LOOP_TIMEOUT_S
+        return time.monotonic() - self.last_turn < HEALTHY_LOOP_LAG_S
 
     def status(self) -> dict:
         c8y = self.config.cumulocity
@@ -365,15 +436,18 @@ class Supervisor:
                 **child.beat,
                 "name": child.name, "type": device.type if device else None,
                 "external_id": device.external_id if device else None,
-                "state": child.state, "pid": child.pid, "restarts": child.restarts,
+                "state": child.state.value, "pid": child.pid, "restarts": child.restarts,
                 "last_exit": child.last_exit}
-        if child.state == "backoff":
+        if child.state is ChildState.BACKOFF:
             view["retry_in_s"] = round(max(0.0, child.next_start_at - time.monotonic()), 1)
         if child.pid is None:
             view["connected"] = False
         return view
 
+    # -- systemd --------------------------------------------------------------------------
+
     def _pet(self, now: float) -> None:
+        """WATCHDOG=1 at half the watchdog interval; STATUS= when it changed."""
         if self._watchdog_s and now >= self._next_pet_at:
             self.notifier.notify("WATCHDOG=1")
             self._next_pet_at = now + self._watchdog_s / 2
@@ -385,10 +459,42 @@ class Supervisor:
                 self._last_status = line
 
     def _status_line(self) -> str:
+        if self.stopping_since is not None:
+            return f"stopping, {len(self.children)} devices left"
         beats = [c.beat for c in self.children.values() if c.pid is not None]
         online = sum(1 for b in beats if b.get("connected"))
         queued = sum(b.get("queued") or 0 for b in beats)
-        return f"{online}/{len(self.children)} devices online, {queued} queued"
+        fatal = sum(1 for c in self.children.values() if c.state is ChildState.FATAL)
+        line = f"{online}/{len(self.children)} devices online, {queued} queued"
+        return line + (f", {fatal} fatal" if fatal else "")
+
+
+def diff(old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
+    """Device names (removed, changed, added) from `old` to `new`, compared by value.
+
+    A device changed when its own settings did, when what every child shares did (site,
+    uplink, storage, log level), or, for a household-wide device, when the household's other
+    devices did. The status listener and the supervisor's own timeouts change no child.
+    """
+    old_devices = {d.name: d for d in old.devices}
+    new_devices = {d.name: d for d in new.devices}
+    shared = _shared_settings(old) != _shared_settings(new)
+    household = old.site.devices != new.site.devices
+
+    def changed(name: str) -> bool:
+        return (shared or old_devices[name] != new_devices[name]
+                or (household and new_devices[name].type in HOUSEHOLD_WIDE_TYPES))
+
+    removed = [n for n in old_devices if n not in new_devices]
+    changed_names = [n for n in old_devices if n in new_devices and changed(n)]
+    added = [n for n in new_devices if n not in old_devices]
+    return removed, changed_names, added
+
+
+def _shared_settings(config: Config) -> tuple:
+    """What every child reads besides its own device entry (the site without its devices)."""
+    return (dataclasses.replace(config.site, devices=()), config.cumulocity, config.storage,
+            config.log_level)
 
 
 def _record_only(signum, frame) -> None:
@@ -414,10 +520,26 @@ def _watchdog_interval_s() -> float | None:
     return int(usec) / 1e6
 
 
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a fresh child: get SIGTERM when the supervisor dies, and exit if it already has.
+
+    The getppid() check closes the race of a parent that died before the prctl() call.
+    """
+    try:
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # device.py's ppid check still ends the child within a loop turn
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _set_process_name(name: str) -> None:
     """Set the kernel's comm name (shown by ps -o comm, top), best effort."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        _libc().prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass

@@ -1,0 +1,17 @@
+# systemd tests (tests/test_systemd.py): a real systemd in systemd-nspawn, on a Debian 12 root
+# that debootstrap builds once into /var/cache/c8ysim-tests (see tests/nspawn.py).
+# Never starts systemd on the host itself.
+
+.PHONY: systemd-deps systemd-test
+
+TEST_DEPS += systemd-deps
+
+systemd-deps:
+	@if [ "$$(id -u)" = 0 ] && { ! command -v systemd-nspawn >/dev/null 2>&1 || \
+	    ! command -v debootstrap >/dev/null 2>&1; }; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends \
+	        systemd-container debootstrap; \
+	fi
+
+systemd-test: systemd-deps $(VENV_OK)
+	$(VENV)/bin/python -m pytest tests/test_systemd.py $(PYTEST_ARGS)
