@@ -8,6 +8,7 @@ CONFIG ?= etc/c8ysim.yaml
 PYTEST_ARGS ?=
 
 .PHONY: run test system-deps clean
+.DEFAULT_GOAL := run
 
 # Each area adds its targets and test prerequisites (TEST_DEPS) in a fragment of its own.
 TEST_DEPS :=

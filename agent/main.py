@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from agent import __version__, config, logs
+from agent import __version__, config, diag, logs
 
 EXIT_USAGE = 2
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--topic", required=True, help="MQTT topic, e.g. s/us")
     send.add_argument("--message", required=True, help="payload text, e.g. 400,c8y_Test,hi")
     send.set_defaults(handler=_send_test)
+    diag.add_parser(commands)
     return parser
 
 
@@ -48,7 +49,9 @@ def _load_or_report(path: str) -> config.Config | None:
     try:
         return config.load(path)
     except config.ConfigError as exc:
-        print(exc, file=sys.stderr)
+        # Under systemd (stderr is the journal) mark the lines as errors (<3>).
+        prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
+        print("\n".join(prefix + line for line in str(exc).splitlines()), file=sys.stderr)
         return None
 
 

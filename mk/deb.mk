@@ -1,0 +1,71 @@
+# Packaging: `make deb` (dist/c8ysim_VERSION_all.deb), `make lint` (lintian, fails on any E: or
+# W:), `make pyz` (dist/c8ysim.pyz, the agent as one file for Debian's python3). deb-deps
+# installs the build tools and, for the package tests, Debian's own python3-* libraries.
+
+# This fragment is read before the Makefile's own rules: keep its default goal as it was.
+DEB_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
+
+DIST ?= dist
+DEB_BUILD_DIR ?= build/deb
+PYZ_BUILD_DIR ?= build/pyz
+# A plain Debian PATH and Python: the machine's pyenv/venv python must not build the package.
+DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+DEB_PYTHON := /usr/bin/python3
+DEB_VERSION = $(shell awk -F'[()]' 'NR == 1 {print $$2}' debian/changelog)
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_FILES = c8ysim_$(DEB_VERSION)_all.deb c8ysim_$(DEB_VERSION)_$(DEB_ARCH).buildinfo \
+    c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes
+# What the package is built from (no venvs, caches or test output).
+DEB_SOURCES := agent debian doc systemd README.md pyproject.toml
+DEB_BUILD_PACKAGES := debhelper dh-python python3 lintian man-db
+DEB_TEST_PACKAGES := python3-paho-mqtt python3-yaml python3-bottle python3-sdnotify tzdata \
+    procps mosquitto systemd-container debootstrap
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q
+
+.PHONY: deb lint pyz deb-deps clean-deb
+TEST_DEPS += deb-deps
+
+# Built in a copy under $(DEB_BUILD_DIR): dpkg-buildpackage writes its results next to the
+# source tree (that would be the clone's parent) and debian/rules clean must not touch
+# the working tree.
+deb:
+	@test -n "$(DEB_VERSION)" || { echo "no version in debian/changelog" >&2; exit 1; }
+	rm -rf "$(DEB_BUILD_DIR)"
+	mkdir -p "$(DEB_BUILD_DIR)/c8ysim-$(DEB_VERSION)" "$(DIST)"
+	tar -c --exclude=__pycache__ --exclude='*.pyc' $(DEB_SOURCES) | \
+	    tar -x -C "$(DEB_BUILD_DIR)/c8ysim-$(DEB_VERSION)"
+	cd "$(DEB_BUILD_DIR)/c8ysim-$(DEB_VERSION)" && \
+	    env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV PATH=$(DEB_PATH) \
+	    dpkg-buildpackage -us -uc -b
+	cd "$(DEB_BUILD_DIR)" && mv $(DEB_FILES) "$(abspath $(DIST))/"
+	@ls -l "$(DIST)/c8ysim_$(DEB_VERSION)_all.deb"
+
+lint: deb
+	env PATH=$(DEB_PATH) lintian -I --pedantic --fail-on error,warning \
+	    "$(DIST)/c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes"
+
+# The agent only (not its libraries), run by Debian's python3 with the python3-* packages.
+# Its own __main__ (zipapp's -m would drop main()'s exit status).
+pyz:
+	rm -rf "$(PYZ_BUILD_DIR)"
+	mkdir -p "$(PYZ_BUILD_DIR)/src" "$(DIST)"
+	tar -c --exclude=__pycache__ --exclude='*.pyc' agent | tar -x -C "$(PYZ_BUILD_DIR)/src"
+	printf 'import sys\n\nfrom agent.main import main\n\nsys.exit(main())\n' \
+	    > "$(PYZ_BUILD_DIR)/src/__main__.py"
+	$(DEB_PYTHON) -m zipapp "$(PYZ_BUILD_DIR)/src" --compress \
+	    --python=$(DEB_PYTHON) --output="$(DIST)/c8ysim.pyz"
+	chmod 0755 "$(DIST)/c8ysim.pyz"
+
+# Installs only what is missing (waits for the dpkg lock: other areas install in parallel).
+deb-deps:
+	@missing=$$(for p in $(DEB_BUILD_PACKAGES) $(DEB_TEST_PACKAGES); do \
+	    dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; \
+	    done); \
+	if [ -n "$$missing" ]; then \
+	    $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $$missing; fi
+
+clean: clean-deb
+clean-deb:
+	rm -rf "$(DEB_BUILD_DIR)" "$(PYZ_BUILD_DIR)"
+
+.DEFAULT_GOAL := $(DEB_SAVED_DEFAULT_GOAL)
