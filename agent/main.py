@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from agent import __version__, config, diag, logs
+from agent import __version__, config, diag, logs, status_cli
 
 EXIT_USAGE = 2
 
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file; exit 78 if bad")
     check.add_argument("path", nargs="?", help="config file to check")
     check.set_defaults(handler=_check_config)
+    status_cli.add_parser(commands)
     send = commands.add_parser(
         "send-test", help="queue one test message for a device's MQTT session")
     send.add_argument("--config", help="config file (as for run)")

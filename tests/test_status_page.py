@@ -1,30 +1,106 @@
-"""The status page: JSON shape, HTML, health, and a stalled client never blocking the loop."""
+"""The status page: every endpoint of the Bottle app served by a real StatusServer in a
+selectors loop, fed plain status/history data; the `c8ysim status` command; a stalled client
+never blocking the loop; and one end-to-end run against the real agent and mosquitto."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import io
 import json
+import math
+import re
 import selectors
 import socket
+import statistics
 import threading
 import time
 import urllib.error
 import urllib.request
+from base64 import b64encode
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import http, status_cli, status_html, status_metrics, status_view
 from agent.http import build_app
 from agent.status_server import StatusServer
+from conftest import free_port, wait_until, write_config
 
-VIEW = {"agent": {"version": "0.1.0", "uplink": "localhost:1883", "config": "/etc/c8ysim.yaml"},
-        "devices": [{"name": "pv-<roof>", "type": "pv", "state": "running", "connected": True,
-                     "queued": 3, "sent": 7, "last_reading": {"time": 1.0, "x.voltage": 230}}]}
+SINGLE = "c8y_SinglePhaseEnergyMeasurement"
+THREE = "c8y_ThreePhaseEnergyMeasurement"
+HOUR_S, STEP_S = 3600, 5
+
+
+def reading(kind: str, t: float, watts: float) -> dict:
+    """A reading shaped like the device models' heartbeat summary."""
+    base = {"time": t, "c8y_VoltageMeasurement.voltage": 231.2,
+            "c8y_CurrentMeasurement.current": round(abs(watts) / 231.2, 3)}
+    if kind == "pv":
+        return {**base, f"{SINGLE}.P-": watts, f"{SINGLE}.A-": 12.5,
+                "c8ysim_PvInverter.irradiance": 640.0}
+    if kind == "heatpump":
+        return {**base, f"{SINGLE}.P+": watts, f"{SINGLE}.A+": 3.25,
+                "c8y_TemperatureMeasurement.T": 4.5}
+    return {**base, f"{THREE}.P+": max(watts, 0.0), f"{THREE}.P-": max(-watts, 0.0),
+            f"{THREE}.A+": 100.5, f"{THREE}.A-": 20.25}
+
+
+def history_of(kind: str, now: float, span_s: float = HOUR_S) -> list[dict]:
+    """A full history, oldest first, one reading per STEP_S; power a smooth wave."""
+    times = [now - span_s + i * STEP_S for i in range(int(span_s / STEP_S))]
+    return [reading(kind, t, round(1000 + 800 * math.sin(t / 600) * (-1 if kind == "grid"
+                                                                       else 1), 1))
+            for t in times]
+
+
+def device(name: str, kind: str, now: float, **extra) -> dict:
+    return {"name": name, "type": kind, "external_id": f"c8ysim-{name}", "state": "running",
+            "pid": 4242, "restarts": 0, "last_exit": None, "connection": "online",
+            "connected": True, "connected_since": now - 600, "inflight": 2, "sent": 1234,
+            "reconnects": 1, "last_ack": now - 1.5, "last_error": None, "queued": 3,
+            "oldest_queued_age_s": 2.5, "dropped": 0, "quarantined": 0,
+            "last_reading": reading(kind, now - 1, {"pv": 1200.0, "heatpump": 800.0,
+                                                    "grid": -300.0}[kind]),
+            **extra}
+
+
+class Site:
+    """Plain status/history data standing in for the supervisor (data, not a mock)."""
+
+    def __init__(self, now: float | None = None, devices: list[dict] | None = None):
+        self.now = time.time() if now is None else now
+        self.devices = devices if devices is not None else [
+            device("pv-roof", "pv", self.now), device("heatpump", "heatpump", self.now),
+            device("grid-meter", "grid", self.now)]
+        self.histories = {d["name"]: history_of(d["type"], self.now)
+                          for d in self.devices if "type" in d}
+        self.alive = True
+
+    def status(self) -> dict:
+        return {"agent": {"version": "0.1.0", "pid": 1, "started": self.now - 7200,
+                          "uptime_s": 7200.0, "config": "/etc/c8ysim.yaml",
+                          "uplink": "localhost:1883"},
+                "devices": self.devices}
+
+    def history(self, name: str):
+        return self.histories.get(name) if any(d["name"] == name for d in self.devices) \
+            else None
 
 
 class LoopThread:
     """Runs a selectors loop like the supervisor's, counting its turns."""
 
-    def __init__(self):
+    def __init__(self, site: Site | None = None, **app_options):
+        self.site = site or Site()
+        app_options.setdefault("now", lambda: self.site.now)
+        app = build_app(self.site.status, lambda: self.site.alive, self.site.history,
+                        **app_options)
         self.selector = selectors.DefaultSelector()
-        self.server = StatusServer(build_app(lambda: VIEW, lambda: True), "127.0.0.1", 0,
-                                   self.selector)
+        self.server = StatusServer(app, "127.0.0.1", 0, self.selector)
         self.turns, self.running = 0, True
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -36,10 +112,24 @@ class LoopThread:
             self.server.expire(time.monotonic())
             self.turns += 1
 
-    def get(self, path: str):
-        url = f"http://127.0.0.1:{self.server.port}{path}"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.headers, response.read()
+    def get(self, path: str, headers: dict | None = None):
+        """(status, headers, body) also for error statuses."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.server.port}{path}",
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def raw(self, request: bytes) -> tuple[int, bytes]:
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=2) as sock:
+            sock.sendall(request)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
 
     def close(self):
         self.running = False
@@ -47,21 +137,294 @@ class LoopThread:
         self.server.close()
 
 
-def test_api_status_html_and_health():
-    loop = LoopThread()
+@pytest.fixture
+def loop():
+    server = LoopThread()
+    yield server
+    server.close()
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+def test_api_status_is_the_supervisor_view(loop):
+    status, headers, body = loop.get("/api/status")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == json.loads(json.dumps(loop.site.status()))
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_index_has_a_card_per_device_a_site_summary_and_sparklines(loop):
+    status, headers, body = loop.get("/")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.count('<article class="card ok"') == 3
+    assert page.count('<svg class="spark"') == 3 and page.count("<polyline") == 3
+    for name in ("pv-roof", "heatpump", "grid-meter"):
+        assert f'data-device="{name}"' in page
+    summary = page[page.index('class="summary"'):page.index('class="cards"')]
+    assert "PV now</span><b>1.20 kW" in summary
+    assert "heat pump now</span><b>800 W" in summary
+    assert "grid export now</span><b>300 W" in summary
+    assert "1.20 kW <small>generating" in page and "300 W <small>exporting" in page
+    assert "1\u202f234" in page and "231.2\u202fV" in page  # sent, last reading
+
+
+def test_index_is_self_contained_and_refreshes_with_and_without_javascript(loop):
+    _, headers, body = loop.get("/")
+    page = body.decode()
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "unsafe-inline" not in policy
+    assert f"'{status_html.SCRIPT_HASH}'" in policy and f"<script>{status_html.JS}</script>" in page
+    assert '<noscript><meta http-equiv="refresh"' in page
+    assert "fetch('cards'" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "nothing from elsewhere"
+    assert "<link" not in page
+    status, _, fragment = loop.get("/cards")
+    assert status == 200 and b"<html" not in fragment and fragment.count(b"<article") == 3
+
+
+def test_card_states_and_missing_fields_show_a_dash():
+    now = time.time()
+    devices = [
+        device("a", "pv", now, state="backoff", retry_in_s=12.3, pid=None, connected=False),
+        device("b", "pv", now, state="fatal", last_exit="exit code 78"),
+        device("c", "pv", now, connection="auth_failed", connected=False),
+        device("d", "pv", now, degraded="buffer full"),
+        {"name": "e<x>", "state": "starting"},  # a child that has not sent a heartbeat yet
+    ]
+    page = status_html.index(Site(now, devices).status(), {}, now)
+    assert "restarting in 12 s" in page and "FATAL" in page and "auth failed" in page
+    assert "degraded: buffer full" in page and "e&lt;x&gt;" in page and "e<x>" not in page
+    card = page[page.index('data-device="e&lt;x&gt;"'):]
+    assert card.count("\u2014") >= 8 and "no reading yet" in card
+
+
+def test_power_is_found_in_whichever_energy_fragment_is_present():
+    assert status_view.power_w({"time": 1, f"{THREE}.P+": 500, f"{THREE}.P-": 0}) == 500
+    assert status_view.power_w({"time": 1, f"{SINGLE}.P-": 700}) == -700
+    assert status_view.power_w({"time": 1, "c8ysim_HeatPump.heatPower": 3000}) is None
+    assert status_view.energy_kwh(reading("grid", 1, 0)) == {"import": 100.5, "export": 20.25}
+    keys = status_view.energy_keys(reading("pv", 1, 5))
+    assert status_view.power_w(reading("grid", 1, 40), keys) == 40  # keys of another kind
+
+
+@pytest.mark.parametrize("watts, text", [
+    (None, "\u2014"), (-0.0, "0 W"), (-0.4, "0 W"), (712.4, "712 W"), (-999.6, "-1.00 kW"),
+    (1234.5, "1.23 kW")])
+def test_power_formatting(watts, text):
+    assert status_view.fmt_power(watts) == text
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (None, "\u2014"), (-3, "0 s"), (42.7, "42 s"), (300, "5 min"), (7800, "2 h 10 min"),
+    (3 * 86400 + 4 * 3600, "3 d 4 h")])
+def test_age_formatting(seconds, text):
+    assert status_view.fmt_age(seconds) == text
+
+
+# -- the data view --------------------------------------------------------------------------
+
+def test_data_view_filters_by_device_and_window_newest_first_and_pages(loop):
+    page = loop.get("/data?device=heatpump&window=5m")[2].decode()
+    times = re.findall(r"<tr><td>([\d: -]+)</td><td>heatpump</td>", page)
+    newest = loop.site.histories["heatpump"][-1]["time"]
+    assert len(times) == 50 and times[0] == status_view.fmt_clock(newest)
+    assert "grid-meter</td>" not in page and "rows 1\u201350 of 60" in page
+    assert 'href="data?device=heatpump&amp;window=5m&amp;page=2"' in page
+    second = loop.get("/data?device=heatpump&window=5m&page=2")[2].decode()
+    assert len(re.findall(r"<td>heatpump</td>", second)) == 10
+    everything = loop.get("/data")[2].decode()
+    assert "of 2\u202f160" in everything and "<td>grid-meter</td>" in everything
+
+
+def test_data_view_csv_has_the_same_rows(loop):
+    status, headers, body = loop.get("/data?device=grid-meter&window=15m&format=csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert len(rows) == 180 and {r["device"] for r in rows} == {"grid-meter"}
+    stamps = [float(r["time"]) for r in rows]
+    assert stamps == sorted(stamps, reverse=True)
+    first = loop.site.histories["grid-meter"][-1]
+    assert float(rows[0][f"{THREE}.A+"]) == first[f"{THREE}.A+"]
+    assert float(rows[0]["power_w"]) == status_view.power_w(first)
+
+
+def test_csv_comes_in_bounded_pages(loop, monkeypatch):
+    monkeypatch.setattr(http, "CSV_PAGE_ROWS", 100)
+    page = loop.get("/data?device=pv-roof&window=15m")[2].decode()
+    assert "CSV 1/2</a>" in page and "format=csv&amp;page=2" in page
+    first, second = (list(csv.DictReader(io.StringIO(loop.get(
+        f"/data?device=pv-roof&window=15m&format=csv&page={n}")[2].decode()))) for n in (1, 2))
+    assert len(first) == 100 and len(second) == 80
+    assert float(first[-1]["time"]) > float(second[0]["time"])
+
+
+@pytest.mark.parametrize("query, code, message", [
+    ("window=2d", 400, "window must be one of"),
+    ("page=0", 400, "page must be between"),
+    ("page=x", 400, "not a whole number"),
+    ("format=xml", 400, "format must be"),
+    ("color=red", 400, "unknown parameter"),
+    ("device=%3Cscript%3E", 404, "no device named &#x27;&lt;script&gt;&#x27;"),
+])
+def test_data_view_rejects_bad_parameters_with_a_message(loop, query, code, message):
+    status, _, body = loop.get(f"/data?{query}")
+    assert status == code and message in body.decode()
+
+
+# -- the readings API -----------------------------------------------------------------------
+
+def test_readings_api_filters_and_limits(loop):
+    rows = loop.site.histories["pv-roof"]
+    since, until = rows[100]["time"], rows[199]["time"]
+    status, _, body = loop.get(f"/api/devices/pv-roof/readings?since={since}&until={until}")
+    answer = json.loads(body)
+    assert status == 200 and answer["count"] == 100
+    assert answer["readings"] == rows[100:200][::-1]  # newest first
+    answer = json.loads(loop.get("/api/devices/pv-roof/readings?limit=3")[2])
+    assert answer["readings"] == rows[-3:][::-1]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rows[-10]["time"] - 0.5))
+    answer = json.loads(loop.get(f"/api/devices/pv-roof/readings?since={iso}")[2])
+    assert answer["count"] == 10
+
+
+@pytest.mark.parametrize("query, message", [
+    ("since=yesterday", "since='yesterday' is not a time"),
+    ("until=nan", "until must be a finite number"),
+    ("limit=0", "limit must be between 1 and 10000"),
+    ("limit=2.5", "not a whole number"),
+    ("since=20&until=10", "since must not be later than until"),
+    ("sinse=10", "unknown parameter 'sinse'"),
+    ("&".join(f"limit={i}" for i in range(1, 30)), "too many query parameters"),
+])
+def test_readings_api_bad_parameters_are_400_with_a_message(loop, query, message):
+    status, headers, body = loop.get(f"/api/devices/pv-roof/readings?{query}")
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert message in json.loads(body)["error"]
+
+
+def test_readings_api_unknown_device_is_404(loop):
+    status, _, body = loop.get("/api/devices/nope/readings")
+    assert status == 404 and "no device named 'nope'" in json.loads(body)["error"]
+
+
+QUERY_CHARS = st.sampled_from(list("=&;%+-.:TZ0123456789aeEinfsylmtu_ \t\x00\u00e9\u20ac#?/"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["pv-roof", "nope", "%2e%2e", "pv-roof%00", "%C3%A9", "x%ZZ"]),
+       query=st.one_of(
+           st.text(QUERY_CHARS, max_size=60),
+           st.lists(st.tuples(st.sampled_from(["since", "until", "limit", "x", ""]),
+                              st.one_of(st.integers(-10**20, 10**20).map(str),
+                                        st.floats().map(repr),
+                                        st.datetimes().map(lambda d: d.isoformat()),
+                                        st.text(QUERY_CHARS, max_size=12))),
+                    max_size=4).map(lambda kv: "&".join(f"{k}={v}" for k, v in kv))))
+def test_readings_api_never_fails_on_any_query(shared_loop, name, query):
+    target = f"/api/devices/{name}/readings?{query}".replace(" ", "%20").encode("utf-8")
+    status, body = shared_loop.raw(b"GET " + target + b" HTTP/1.0\r\n\r\n")
+    assert status in (200, 400, 404), (status, body)
+    if body.startswith(b"{"):  # else the server or the router refused the path itself
+        answer = json.loads(body)
+        assert ("readings" in answer) if status == 200 else answer["error"]
+    else:
+        assert status != 200
+
+
+@pytest.fixture(scope="module")
+def shared_loop():
+    server = LoopThread()
+    yield server
+    server.close()
+
+
+# -- metrics and probes ---------------------------------------------------------------------
+
+def test_metrics_parse_with_prometheus_client(loop):
+    status, headers, body = loop.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+
+    def value(name, device, **labels):
+        return samples[(name, tuple(sorted({"device": device, **labels}.items())))]
+
+    assert value("c8ysim_connected", "pv-roof") == 1
+    assert value("c8ysim_queued", "heatpump") == 3
+    assert value("c8ysim_sent_total", "grid-meter") == 1234
+    assert value("c8ysim_dropped_total", "pv-roof") == 0
+    assert value("c8ysim_reconnects_total", "pv-roof") == 1
+    assert value("c8ysim_last_ack_timestamp_seconds", "pv-roof") == loop.site.now - 1.5
+    assert value("c8ysim_power_watts", "pv-roof") == -1200
+    assert value("c8ysim_power_watts", "grid-meter") == -300
+    assert value("c8ysim_energy_kwh", "grid-meter", register="import") == 100.5
+    assert value("c8ysim_energy_kwh", "grid-meter", register="export") == 20.25
+    assert value("c8ysim_energy_kwh", "pv-roof", register="export") == 12.5
+    assert ("c8ysim_energy_kwh", (("device", "pv-roof"), ("register", "import"))) not in samples
+    assert value("c8ysim_device_state", "heatpump", state="running") == 1
+    assert value("c8ysim_device_state", "heatpump", state="fatal") == 0
+
+
+def test_metrics_leave_out_unknown_values_and_escape_labels():
+    site = Site(devices=[{"name": 'we"ird\\name', "state": "starting"}])
+    text = status_metrics.render(site.status())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["c8ysim_queued"].samples == []
+    state = families["c8ysim_device_state"].samples
+    assert {s.labels["device"] for s in state} == {'we"ird\\name'}
+
+
+def test_healthz_and_readyz(loop):
+    assert loop.get("/healthz")[:1] == (200,) and loop.get("/readyz")[2] == b"ready\n"
+    loop.site.devices[0] = {**loop.site.devices[0], "state": "backoff", "retry_in_s": 3.0}
+    loop.site.devices[1] = {**loop.site.devices[1], "queued": 10_000}
+    status, _, body = loop.get("/readyz")
+    assert status == 503
+    assert body.decode().splitlines() == ["pv-roof: backoff",
+                                          "heatpump: 10000 queued (limit 10000)"]
+    loop.site.alive = False
+    assert loop.get("/healthz")[0] == 503
+    assert b"supervisor loop stalled" in loop.get("/readyz")[2]
+
+
+def test_basic_auth_guards_all_but_the_probes():
+    server = LoopThread(auth=("admin", "s3cr\u00e9t"))
     try:
-        status, headers, body = loop.get("/api/status")
-        assert status == 200 and headers["Content-Type"].startswith("application/json")
-        assert json.loads(body) == VIEW
-        status, headers, body = loop.get("/")
-        assert status == 200 and b"pv-&lt;roof&gt;" in body and b"<table>" in body
-        assert loop.get("/healthz")[0] == 200
+        status, headers, _ = server.get("/api/status")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        wrong = {"Authorization": "Basic " + b64encode(b"admin:nope").decode()}
+        assert server.get("/metrics", wrong)[0] == 401
+        right = {"Authorization": "Basic " + b64encode("admin:s3cr\u00e9t".encode()).decode()}
+        assert server.get("/metrics", right)[0] == 200
+        assert server.get("/healthz")[0] == 200 and server.get("/readyz")[0] == 200
     finally:
-        loop.close()
+        server.close()
 
 
-def test_idle_and_slow_clients_do_not_stall_the_loop():
-    loop = LoopThread()
+# -- speed and robustness -------------------------------------------------------------------
+
+def test_index_renders_ten_devices_with_a_full_hour_in_a_few_ms():
+    now = time.time()
+    kinds = ["pv", "heatpump", "grid"]
+    site = Site(now, [device(f"dev-{i}", kinds[i % 3], now) for i in range(10)])
+    app = build_app(site.status, lambda: True, site.history, now=lambda: now)
+    timings = {}
+    for path in ("/", "/cards", "/data", "/metrics", "/api/status"):
+        runs = []
+        for _ in range(15):
+            started = time.perf_counter()
+            body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": path,
+                                 "QUERY_STRING": ""}, lambda *a: None))
+            runs.append(time.perf_counter() - started)
+        timings[path] = statistics.median(runs) * 1000
+        assert body
+    print("render ms (median of 15):", {k: round(v, 2) for k, v in timings.items()})
+    assert timings["/"] < 50, timings  # a few ms here; generous for a busy shared machine
+
+
+def test_idle_and_slow_clients_do_not_stall_the_loop(loop):
     idle = [socket.create_connection(("127.0.0.1", loop.server.port)) for _ in range(5)]
     try:
         idle[0].sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")  # never finishes
@@ -74,19 +437,78 @@ def test_idle_and_slow_clients_do_not_stall_the_loop():
     finally:
         for sock in idle:
             sock.close()
-        loop.close()
 
 
-def test_unknown_path_is_404_and_garbage_is_400():
-    loop = LoopThread()
-    try:
-        try:
-            loop.get("/nope")
-            raise AssertionError("expected 404")
-        except urllib.error.HTTPError as error:
-            assert error.code == 404
-        with socket.create_connection(("127.0.0.1", loop.server.port), timeout=2) as sock:
-            sock.sendall(b"\x00\x01garbage\r\n\r\n")
-            assert sock.recv(100).startswith(b"HTTP/1.0 400")
-    finally:
-        loop.close()
+def test_unknown_path_is_404_and_garbage_is_400(loop):
+    assert loop.get("/nope")[0] == 404
+    assert loop.raw(b"\x00\x01garbage\r\n\r\n")[0] == 400
+
+
+# -- `c8ysim status` ------------------------------------------------------------------------
+
+def run_cli(config_path, *argv) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="c8ysim")
+    status_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["status", "--config", str(config_path), *argv])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = args.handler(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_command_prints_a_table_and_json(loop, tmp_path):
+    config = write_config(tmp_path, free_port(), loop.server.port)
+    code, out, _ = run_cli(config)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("c8ysim 0.1.0")
+    header = next(i for i, line in enumerate(lines) if line.startswith("DEVICE"))
+    assert lines[header + 1].split()[:4] == ["pv-roof", "pv", "online", "3"]
+    assert "1.20 kW" in out and "-300 W" in out
+    code, out, _ = run_cli(config, "--json")
+    assert code == 0 and json.loads(out) == json.loads(json.dumps(loop.site.status()))
+
+
+def test_status_command_says_clearly_when_the_agent_is_not_running(tmp_path):
+    port = free_port()
+    code, out, err = run_cli(write_config(tmp_path, free_port(), port))
+    assert code == status_cli.EXIT_NOT_RUNNING == 3 and out == ""
+    assert f"c8ysim is not running (nothing answers on 127.0.0.1:{port})" in err
+    code, _, err = run_cli(tmp_path / "missing.yaml")
+    assert code == 78 and "cannot read the config file" in err
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+PASSWORD = "pw-9f3b7c1e-never-shown"
+
+
+def test_every_endpoint_of_the_real_agent(tmp_path, mosquitto, agent_factory):
+    port = free_port()
+    config = write_config(tmp_path, mosquitto.port, port)
+    config.write_text(config.read_text().replace("password: secret", f"password: {PASSWORD}"))
+    agent = agent_factory(config, port).start()
+    wait_until(lambda: all(d.get("connected") and d.get("last_reading")
+                           for d in agent.devices().values()) and len(agent.devices()) == 3,
+               15, what="three connected devices with readings")
+    wait_until(lambda: all(json.loads(agent.get(f"/api/devices/{name}/readings"))["count"]
+                           for name in agent.devices()), 10, what="history")
+    pages = {path: agent.get(path) for path in (
+        "/", "/cards", "/data", "/data?format=csv", "/data?device=pv-roof&window=5m",
+        "/api/status", "/api/devices/pv-roof/readings?limit=5", "/metrics", "/readyz")}
+    assert all(body for body in pages.values()), [p for p, b in pages.items() if not b]
+    for body in pages.values():
+        assert PASSWORD.encode() not in body
+    assert pages["/"].count(b"<article class=") == 3 and pages["/"].count(b"<svg") == 3
+    assert pages["/readyz"] == b"ready\n" and agent.get("/healthz") == 200
+    metrics = {f.name: f for f in text_string_to_metric_families(pages["/metrics"].decode())}
+    assert {s.labels["device"] for s in metrics["c8ysim_connected"].samples} == \
+        {"pv-roof", "heatpump", "grid-meter"}
+    assert {s.value for s in metrics["c8ysim_connected"].samples} == {1}
+    assert len(metrics["c8ysim_power_watts"].samples) == 3
+    assert json.loads(pages["/api/devices/pv-roof/readings?limit=5"])["count"] >= 1
+    assert agent.get("/api/devices/nope/readings") is None  # 404
+    code, out, _ = run_cli(config)
+    assert code == 0 and out.count("online") == 3 and PASSWORD not in out
+    agent.stop()
+    code, _, err = run_cli(config)
+    assert code == 3 and "not running" in err
