@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 
 # Each area adds its targets and test prerequisites (TEST_DEPS) in a fragment of its own.
 TEST_DEPS :=
+TEST_EXTRA :=
 -include mk/*.mk
 
 $(VENV_OK): pyproject.toml
@@ -34,6 +35,7 @@ run: system-deps $(VENV_OK)
 
 test: system-deps $(TEST_DEPS) $(VENV_OK)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(if $(TEST_EXTRA),$(MAKE) --no-print-directory $(TEST_EXTRA))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis build dist *.egg-info

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from agent import sim
+from agent.uplink import certs
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
@@ -25,6 +27,7 @@ EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitS
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_EXTERNAL_ID_CHARS = 128
 MIN_INTERVAL_S = 0.1
+EXTERNAL_ID_PLACEHOLDER = "{external_id}"  # in tls.cert_file/key_file: one per device
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,13 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class TlsConfig:
     ca_file: str | None = None  # None: the system trust store
-    cert_file: str | None = None  # client certificate login (X.509)
+    cert_file: str | None = None  # client certificate login (X.509); may hold {external_id}
     key_file: str | None = None
+
+    def for_device(self, external_id: str) -> "TlsConfig":
+        """The files of one device: `{external_id}` in cert_file/key_file replaced."""
+        return dataclasses.replace(self, cert_file=_for_device(self.cert_file, external_id),
+                                   key_file=_for_device(self.key_file, external_id))
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class _Reader:
     def __init__(self):
         self.problems: list[Problem] = []
         self._constructor = yaml.SafeLoader("")
+        self._tls_items: dict = {}  # cumulocity.tls key -> value node, for error lines
+        self._device_nodes: dict = {}  # device name -> node to report its problems at
 
     # -- generic helpers ------------------------------------------------------------------
 
@@ -219,10 +229,13 @@ class _Reader:
         log_level = self.value(top, "log_level", "config", str, "info", _check_log_level)
         devices = self.devices(top)
         specs = tuple(sim.DeviceSpec(d.type, d.name, d.params) for d in devices)
+        cumulocity = self.cumulocity(top)
+        if cumulocity and cumulocity.tls and cumulocity.tls.cert_file:
+            self.client_certificates(cumulocity.tls, devices)
         return Config(
             path=path,
             site=dataclasses.replace(self.site(top), devices=specs),
-            cumulocity=self.cumulocity(top),
+            cumulocity=cumulocity,
             storage=self.storage(top),
             status=self.status(top),
             devices=tuple(devices),
@@ -294,11 +307,48 @@ class _Reader:
                 return None
             return TlsConfig() if value else None
         items = self.mapping(node, "cumulocity.tls", ("ca_file", "cert_file", "key_file"))
-        files = {k: self.value(items, k, "cumulocity.tls", str, None, _readable_file)
-                 for k in ("ca_file", "cert_file", "key_file")}
+        self._tls_items = items
+        files = {"ca_file": self.value(items, "ca_file", "cumulocity.tls", str, None,
+                                       _check_ca_file)}
+        for key in ("cert_file", "key_file"):  # with {external_id}: checked per device
+            files[key] = self.value(items, key, "cumulocity.tls", str, None,
+                                    lambda name: None if EXTERNAL_ID_PLACEHOLDER in name
+                                    else _readable_file(name))
         if bool(files["cert_file"]) != bool(files["key_file"]):
             self.error(node, "cumulocity.tls: cert_file and key_file go together; set both")
         return TlsConfig(**files)
+
+    def client_certificates(self, tls: TlsConfig, devices: list[DeviceConfig]) -> None:
+        """Every device's certificate is readable, fits its key, and its CN is the device's
+        external ID (Cumulocity links a certificate login to the device by the CN)."""
+        if not tls.key_file:
+            return  # already reported: cert_file and key_file go together
+        templated = EXTERNAL_ID_PLACEHOLDER in tls.cert_file
+        cert_node = self._tls_items.get("cert_file")
+        for device in devices:
+            node = self._device_nodes.get(device.name, cert_node)
+            files = tls.for_device(device.external_id)
+            problem = _readable_file(files.cert_file) or _readable_file(files.key_file)
+            if problem:
+                self.error(node, f"{problem} (client certificate of device '{device.name}', "
+                           "from cumulocity.tls)")
+                continue
+            try:
+                cn = certs.common_name(files.cert_file)
+            except certs.CertificateError as exc:
+                self.error(node if templated else cert_node, f"cumulocity.tls.cert_file: {exc}")
+                continue
+            if cn != device.external_id:
+                hint = "" if templated or len(devices) == 1 else (
+                    f"; give each device its own certificate: cert_file: "
+                    f"/etc/c8ysim/certs/{EXTERNAL_ID_PLACEHOLDER}.pem (key_file likewise)")
+                self.error(node, f"certificate CN '{cn}' does not match external_id "
+                           f"'{device.external_id}' of device '{device.name}' "
+                           f"({files.cert_file}){hint}")
+                continue
+            if problem := _check_key_pair(files.cert_file, files.key_file):
+                self.error(self._tls_items.get("key_file", node), f"cumulocity.tls.key_file: "
+                           f"{problem} (device '{device.name}')")
 
     def password(self, items: dict) -> str | None:
         if "password" in items and "password_file" in items:
@@ -373,6 +423,7 @@ class _Reader:
         params = self.params(items.get(kind), f"device.{kind}", sim.PARAMS.get(kind, {}))
         if name is None or kind is None:
             return None
+        self._device_nodes.setdefault(name, items.get("external_id", node))
         return DeviceConfig(name, kind, float(interval), external_id, params)
 
 
@@ -462,6 +513,31 @@ def _check_external_id(external_id: str) -> str | None:
 
 def _readable_file(name: str) -> str | None:
     return None if os.access(name, os.R_OK) else f"cannot read file '{name}'"
+
+
+def _for_device(path: str | None, external_id: str) -> str | None:
+    return path.replace(EXTERNAL_ID_PLACEHOLDER, external_id) if path else path
+
+
+def _check_ca_file(name: str) -> str | None:
+    if problem := _readable_file(name):
+        return problem
+    try:
+        ssl.create_default_context(cafile=name)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"'{name}' holds no usable PEM CA certificate ({exc})"
+    return None
+
+
+def _check_key_pair(cert_file: str, key_file: str | None) -> str | None:
+    """None when the private key fits the certificate (and is not password-protected)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            cert_file, key_file, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        return (f"the key in '{key_file}' does not match the certificate in '{cert_file}', "
+                f"or is unreadable or password-protected ({exc})")
+    return None
 
 
 def _check_listen(listen: str) -> str | None:

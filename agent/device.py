@@ -20,7 +20,7 @@ import time
 
 from agent import __version__, sim
 from agent.config import EX_CONFIG, Config, DeviceConfig
-from agent.storage import Buffer, open_buffer
+from agent.storage import Buffer, StorageConfigError, open_buffer
 from agent.uplink import smartrest
 from agent.uplink.session import Registration, Session
 from agent.uplink.transport import Endpoint
@@ -66,7 +66,7 @@ class Device:
         if c8y is None:
             log.warning("no 'cumulocity' section: simulating and buffering only")
             return None
-        tls = c8y.tls
+        tls = c8y.tls.for_device(self.device.external_id) if c8y.tls else None
         endpoint = Endpoint(
             host=c8y.host, port=c8y.port, client_id=self.device.external_id,
             username=None if tls and tls.cert_file else c8y.username, password=c8y.password,
@@ -151,6 +151,7 @@ class Device:
             "pid": os.getpid(), "time": time.time(),
             "queued": stats.depth, "oldest_queued_age_s": stats.oldest_age_s,
             "dropped": stats.dropped, "quarantined": stats.quarantined,
+            "degraded": stats.degraded, "buffer_backend": stats.backend,
             "last_reading": self.last_reading,
             **(self.session.status() if self.session else
                {"connection": "not_configured", "connected": False}),
@@ -186,7 +187,7 @@ def run_child(config: Config, device_name: str, heartbeat: socket.socket | None,
     device = config.device(device_name)
     try:
         buffer = open_buffer(config.storage, device.name)
-    except NotImplementedError as exc:
+    except StorageConfigError as exc:  # e.g. psycopg2 missing: retrying cannot help
         log.error("%s", exc)
         return EX_CONFIG
     except Exception as exc:  # noqa: BLE001 - any failure to open the store ends the child

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
-SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                   logging.CRITICAL: 2}
+NOTICE = 25  # between INFO and WARNING: state changes worth seeing at `-p notice`
+logging.addLevelName(NOTICE, "NOTICE")
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, NOTICE: 5, logging.WARNING: 4,
+                   logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 class SyslogPrefixFormatter(logging.Formatter):

@@ -109,12 +109,12 @@ class Supervisor:
         for device in self.config.devices:
             self._add(device.name)
         self.notifier.notify("READY=1")
-        log.info("started %d devices; status page on http://%s:%d/", len(self.children),
+        log.log(logs.NOTICE, "started %d devices; status page on http://%s:%d/", len(self.children),
                  self.server.host, self.server.port)
         while self.children or self.stopping_since is None:
             self._turn()
         self._close_server()
-        log.info("stopped in %.1f s", time.monotonic() - self.stopping_since)
+        log.log(logs.NOTICE, "stopped in %.1f s", time.monotonic() - self.stopping_since)
         return 0
 
     def _turn(self) -> None:
@@ -211,7 +211,7 @@ class Supervisor:
         child.pid, child.sock, child.started_at, child.last_beat_at = pid, parent_end, now, now
         child.term_sent_at, child.kill_sent, child.beat = None, False, {}
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._read_beats(child))
-        log.info("started %s (pid %d)", child.name, pid)
+        log.log(logs.NOTICE, "started %s (pid %d)", child.name, pid)
 
     def _fork(self, name: str, parent_end: socket.socket, child_end: socket.socket) -> int | None:
         """fork(); the child runs `run_child` and never returns here. None: fork failed."""
@@ -305,7 +305,7 @@ class Supervisor:
         if child.plan is None:
             self._fire(child, Event.DIED, code=code, ran_s=ran_s)
             return
-        log.info("%s stopped (%s)", child.name, child.last_exit)
+        log.log(logs.NOTICE, "%s stopped (%s)", child.name, child.last_exit)
         self._fire(child, Event.STOPPED)
         self._after_stop(child)
 
@@ -349,7 +349,7 @@ class Supervisor:
         """SIGTERM/SIGINT: TERM every child, KILL what is left after stop_timeout_s, exit 0."""
         if self.stopping_since is not None:
             return
-        log.info("stopping %d devices", len(self.children))
+        log.log(logs.NOTICE, "stopping %d devices", len(self.children))
         self.notifier.notify("STOPPING=1")
         self.stopping_since = time.monotonic()
         for child in list(self.children.values()):
@@ -389,7 +389,7 @@ class Supervisor:
                 self.children[name].plan = RESPAWN
             else:
                 self._add(name)
-        log.info("reloaded %s: %d devices (%d added, %d removed, %d changed)", new.path,
+        log.log(logs.NOTICE, "reloaded %s: %d devices (%d added, %d removed, %d changed)", new.path,
                  len(new.devices), len(added), len(removed), len(changed))
 
     # -- status -------------------------------------------------------------------------------

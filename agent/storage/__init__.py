@@ -5,12 +5,28 @@ A row leaves the buffer only when the broker acknowledged it (`ack`), is moved a
 it can never be sent (`quarantine`), or is dropped by the size/age bounds (counted). Next to
 the queue each buffer keeps a small durable key/value area for device state (registration,
 pending operation, energy registers), written in the same transaction as the readings.
+
+Buffer methods never raise on I/O trouble (disk full, read-only file, PostgreSQL down): the
+buffer degrades (see `agent.storage.tiered`), says why in `stats().degraded`, and recovers
+by itself. Only `open_buffer` raises, and only `StorageConfigError`: a problem retrying
+cannot fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol
+
+MEMORY_MAX_ROWS = 5_000  # the in-memory overflow while no durable store works (~1.5 MB)
+MISSING_DRIVER = ("storage.backend is postgres, but the PostgreSQL driver psycopg2 is not "
+                  "installed: apt install python3-psycopg2 (or pip install 'c8ysim[postgres]')")
+
+
+class StorageConfigError(Exception):
+    """The storage cannot work as configured (missing driver, file from a newer c8ysim).
+
+    Retrying does not help: the device should exit with EX_CONFIG (78).
+    """
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,8 @@ class BufferStats:
     bytes: int
     dropped: int
     quarantined: int
+    degraded: str | None = None  # why the buffer is not working normally, for the status page
+    backend: str = "sqlite"
 
 
 class Buffer(Protocol):
@@ -55,9 +73,24 @@ class Buffer(Protocol):
 
 
 def open_buffer(storage, device_name: str) -> Buffer:
-    """Open the configured backend's buffer for one device (call it after fork)."""
-    if storage.backend == "postgres":
-        raise NotImplementedError("the PostgreSQL backend is not built yet")
-    from agent.storage.sqlite import SqliteBuffer
+    """Open the configured backend's buffer for one device (call it after fork).
 
-    return SqliteBuffer.open_in(storage, device_name)
+    sqlite:   the device's file, then memory.
+    postgres: PostgreSQL, then the device's SQLite file as a local fallback, then memory.
+    """
+    from agent.storage import sqlite, tiered
+    from agent.storage.memory import MemoryStore
+
+    local = tiered.Tier("SQLite buffer", lambda check: sqlite.open_store(
+        storage, device_name, tombstones=storage.backend == "postgres", check=check))
+    memory = tiered.Tier("in-memory overflow", lambda check: MemoryStore(
+        min(MEMORY_MAX_ROWS, storage.max_records)))
+    if storage.backend != "postgres":
+        return tiered.TieredBuffer([local, memory], backend="sqlite")
+    try:
+        from agent.storage import postgres
+    except ImportError as exc:
+        raise StorageConfigError(MISSING_DRIVER) from exc
+    local.label = "SQLite fallback"
+    remote = tiered.Tier("PostgreSQL", lambda check: postgres.open_store(storage, device_name))
+    return tiered.TieredBuffer([remote, local, memory], backend="postgres")

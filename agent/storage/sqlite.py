@@ -1,24 +1,44 @@
-"""The SQLite buffer: one file per device under the state directory.
+"""The SQLite store: one file per device under the state directory.
 
+It is the default backend's durable tier and the local fallback of the PostgreSQL backend.
 WAL with `synchronous=NORMAL` by default: a power cut can lose the last transactions that
-were not yet checkpointed, but never corrupts the file; `storage.synchronous: full` trades
-speed for losing nothing that was committed. Ids come from AUTOINCREMENT so they never repeat,
-which keeps the drain cursor (`peek(after_id=...)`) correct even after the queue empties.
+were not yet checkpointed to the main file, but never corrupts it; `storage.synchronous:
+full` fsyncs every commit and loses nothing committed (on an SD card: ~100-500 commits/s,
+one per device tick, so affordable). The schema version lives in `PRAGMA user_version`.
+Ids are AUTOINCREMENT, so they never repeat, even after the queue empties; the buffer hands
+them out itself (explicit ids) so a row keeps its id when it moves between stores.
+
+Space: `journal_size_limit` caps the WAL after checkpoints, `auto_vacuum=INCREMENTAL` lets
+the file shrink after a big backlog drained. A corrupt file is moved aside (renamed with a
+timestamp) and a fresh one started: never a crash loop.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
-from agent.storage import BufferStats, Record
+from agent.storage import Record, StorageConfigError
+from agent.storage.store import (
+    DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Limits, StoreError, user_meta)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
-BUSY_TIMEOUT_S = 5.0
-SCHEMA = """
+BUSY_TIMEOUT_S = 2.0
+VACUUM_CHECK_INTERVAL_S = 300.0
+VACUUM_MIN_FREE_PAGES = 256  # 1 MiB of 4 KiB pages
+VACUUM_PAGES_PER_STEP = 2048  # 8 MiB per step keeps the pause short
+CONVERT_MAX_ROWS = 10_000  # an old file is rebuilt for incremental vacuum only while small
+BYTES_SAMPLE_ROWS = 100
+IDS_PER_STATEMENT = 500
+
+CREATE_TABLES = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -33,132 +53,344 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     moved REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)
 """
-DROPPED_KEY = "buffer.dropped"
+# v2: meta.value may be NULL: a deletion the fallback remembers until PostgreSQL has it.
+V1_TO_V2 = """
+CREATE TABLE meta_v2 (key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO meta_v2 SELECT key, value FROM meta;
+DROP TABLE meta;
+ALTER TABLE meta_v2 RENAME TO meta
+"""
+MIGRATIONS = {0: CREATE_TABLES, 1: V1_TO_V2}  # from user_version -> SCHEMA_VERSION
+
+REASONS = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "read-only file or file system",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CORRUPT: "corrupt file",
+    sqlite3.SQLITE_NOTADB: "not an SQLite file",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the file",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_BUSY: "busy (another process holds a lock)",
+    sqlite3.SQLITE_LOCKED: "busy (locked)",
+}
+CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# After these the connection still works (reads, deletes that free space): keep it.
+KEEP_CONNECTION_CODES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+log = logging.getLogger(__name__)
 
 
-class SqliteBuffer:
-    def __init__(self, path: str, max_records: int, max_age_s: float,
-                 synchronous: str = "normal"):
-        self.path, self.max_records, self.max_age_s = path, max_records, max_age_s
-        self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+class SqliteError(StoreError):
+    def __init__(self, reason: str, code: int):
+        super().__init__(reason)
+        self.code = code
+
+    @property
+    def corrupt(self) -> bool:
+        return self.code in CORRUPT_CODES
+
+
+def store_path(storage, device_name: str) -> str:
+    return str(Path(storage.path) / f"{device_name}.sqlite3")
+
+
+def open_store(storage, device_name: str, tombstones: bool = False,
+               check: bool = False) -> "SqliteStore":
+    """Open (or create) a device's file; a corrupt one is moved aside and a fresh one begun."""
+    path = store_path(storage, device_name)
+    existed = os.path.exists(path)
+    try:
+        return _open_or_replace(path, storage, tombstones, check)
+    except StoreError as exc:
+        exc.empty = not existed
+        raise
+
+
+def _open_or_replace(path: str, storage, tombstones: bool, check: bool) -> "SqliteStore":
+    try:
+        Path(storage.path).mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise StoreError(f"cannot create {storage.path}: {exc.strerror}") from exc
+    limits = Limits(storage.max_records, storage.max_age_hours * 3600.0)
+    try:
+        return SqliteStore(path, limits, storage.synchronous, tombstones, check)
+    except SqliteError as exc:
+        if not exc.corrupt:
+            raise
+        move_aside(path, exc.reason)
+    return SqliteStore(path, limits, storage.synchronous, tombstones)
+
+
+def move_aside(path: str, reason: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = f"{path}.corrupt-{stamp}"
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, target + suffix)
+    except OSError as exc:
+        raise StoreError(f"{reason}; cannot move it aside: {exc.strerror}") from exc
+    log.error("%s: %s; moved it aside to %s and started a fresh buffer (the rows in it are "
+              "not sent)", path, reason, target)
+    return target
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str, limits: Limits, synchronous: str = "normal",
+                 tombstones: bool = False, check: bool = False):
+        self.path, self.limits, self.tombstones = path, limits, tombstones
+        self.sweep = AgeSweep()
+        self.next_vacuum_check = 0.0
+        self.db: sqlite3.Connection | None = None
+        try:
+            with self._errors():
+                self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                fresh = self._configure(synchronous)
+                if check:
+                    self._quick_check()
+                self._migrate()
+                self._load_counters()
+        except BaseException:
+            self.close()
+            raise
+        if not fresh:
+            self._convert_to_incremental_vacuum()
+
+    @property
+    def alive(self) -> bool:
+        return self.db is not None
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _configure(self, synchronous: str) -> bool:
+        """Set the pragmas; True for a new, empty file (it gets incremental vacuum at once)."""
+        fresh = self._one("PRAGMA user_version") == 0 and not self._one(
+            "SELECT count(*) FROM sqlite_master")
+        if fresh:
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
-        self._migrate()
-        self.depth = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        self.dropped = int(self.get_meta(DROPPED_KEY) or 0)
+        return fresh
 
-    @classmethod
-    def open_in(cls, storage, device_name: str) -> "SqliteBuffer":
-        directory = Path(storage.path)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        return cls(str(directory / f"{device_name}.sqlite3"), storage.max_records,
-                   storage.max_age_hours * 3600.0, storage.synchronous)
+    def _quick_check(self) -> None:
+        result = self._one("PRAGMA quick_check")
+        if result != "ok":
+            raise SqliteError(f"corrupt file ({result})", sqlite3.SQLITE_CORRUPT)
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._one("PRAGMA user_version")
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
-                               f"c8ysim understands ({SCHEMA_VERSION})")
-        if version < 1:
-            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            raise StorageConfigError(
+                f"{self.path}: schema version {version} is newer than this c8ysim understands "
+                f"({SCHEMA_VERSION}); upgrade c8ysim or move the file away")
+        if version < SCHEMA_VERSION:
+            with self._transaction():
+                for statement in MIGRATIONS[version].split(";"):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def put_many(self, items: Iterable[tuple[str, bytes, float]],
-                 meta: Mapping[str, str] | None = None) -> None:
-        rows = list(items)
-        with self._transaction():
-            self.db.executemany(
-                "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", rows)
-            for key, value in (meta or {}).items():
+    def _load_counters(self) -> None:
+        self.depth = self._one("SELECT count(*) FROM outbox")
+        self.quarantined = self._one("SELECT count(*) FROM quarantine")
+        self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
+        self.hw = max(self._one("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") or 0,
+                      self._one("SELECT max(id) FROM outbox") or 0,
+                      self._one("SELECT max(id) FROM quarantine") or 0)
+        self.holds_meta = bool(self.meta_items())
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """Files from before incremental vacuum are rebuilt once, while they are small."""
+        if self._one("PRAGMA auto_vacuum") != 0 or self.depth > CONVERT_MAX_ROWS:
+            return
+        try:
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            log.info("%s: not converted to incremental vacuum yet: %s", self.path, exc)
+
+    # -- the Store protocol -------------------------------------------------------------------
+
+    def append(self, rows: Sequence[Record], meta: Mapping[str, str | None],
+               now: float) -> int:
+        with self._errors(), self._transaction():
+            added = self.db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)",
+                [(r.id, r.topic, r.payload, r.created) for r in rows]).rowcount if rows else 0
+            for key, value in meta.items():
                 self._write_meta(key, value)
-        self.depth += len(rows)
-        self._enforce_bounds(time.time())
+            dropped = self._apply_limits(self.depth + added, now)
+        self.depth += added - dropped
+        self.dropped += dropped
+        self.hw = max([self.hw, *(r.id for r in rows)])
+        self.holds_meta = self.holds_meta or bool(user_meta(meta))
+        return dropped
 
-    def peek(self, limit: int, after_id: int = 0) -> list[Record]:
-        rows = self.db.execute(
-            "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit)).fetchall()
+    def peek(self, limit: int, after_id: int) -> list[Record]:
+        with self._errors():
+            rows = self.db.execute(
+                "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id "
+                "LIMIT ?", (after_id, limit)).fetchall()
         return [Record(i, t, bytes(p), c) for i, t, p, c in rows]
 
-    def ack(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        if ids:
-            marks = ",".join("?" * len(ids))
-            cur = self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
-            self.depth -= cur.rowcount
+    def delete(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self._errors(), self._transaction():
+            removed = sum(self.db.execute(
+                f"DELETE FROM outbox WHERE id IN ({_marks(chunk)})", chunk).rowcount
+                for chunk in _chunks(ids))
+        self.depth -= removed
 
-    def quarantine(self, ids: Iterable[int], reason: str) -> None:
+    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> None:
         ids = list(ids)
-        marks = ",".join("?" * len(ids))
-        with self._transaction():
-            self.db.execute(
+        if not ids:
+            return
+        with self._errors(), self._transaction():
+            moved = self.db.execute(
                 "INSERT OR REPLACE INTO quarantine SELECT id, topic, payload, created, ?, ? "
-                f"FROM outbox WHERE id IN ({marks})", [reason, time.time(), *ids])
-            cur = self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
-        self.depth -= cur.rowcount
+                f"FROM outbox WHERE id IN ({_marks(ids)})", [reason, now, *ids]).rowcount
+            self.db.execute(f"DELETE FROM outbox WHERE id IN ({_marks(ids)})", ids)
+        self.depth -= moved
+        self.quarantined += moved
 
-    def stats(self, now: float) -> BufferStats:
-        oldest = self.db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-        size = self._estimate_bytes()
-        quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        return BufferStats(self.depth, now - oldest[0] if oldest else None, size,
-                           self.dropped, quarantined)
+    def get_meta(self, key: str) -> tuple[bool, str | None]:
+        with self._errors():
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return (row is not None, row[0] if row else None)
 
-    def _estimate_bytes(self) -> int:
-        """Payload bytes queued, from the mean of the oldest 100 (an exact sum is O(n))."""
-        sample = self.db.execute("SELECT avg(length(payload)) FROM (SELECT payload FROM outbox "
-                                 "ORDER BY id LIMIT 100)").fetchone()[0] or 0
-        return int(sample * self.depth)
+    def meta_items(self) -> dict[str, str | None]:
+        with self._errors():
+            return user_meta(dict(self.db.execute("SELECT key, value FROM meta").fetchall()))
 
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    def forget_meta(self, keys: Iterable[str]) -> None:
+        keys = [k for k in keys if not k.startswith(INTERNAL_META_PREFIX)]
+        with self._errors(), self._transaction():
+            self.db.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
+        self.holds_meta = bool(self.meta_items())
 
-    def set_meta(self, key: str, value: str | None) -> None:
-        with self._transaction():
-            self._write_meta(key, value)
+    def min_id(self) -> int | None:
+        with self._errors():
+            return self._one("SELECT min(id) FROM outbox")
+
+    def renumber(self, offset: int) -> None:
+        # Two steps through negative ids: a single `id = id + offset` could collide mid-way.
+        with self._errors(), self._transaction():
+            self.db.execute("UPDATE outbox SET id = -(id + ?)", (offset,))
+            self.db.execute("UPDATE outbox SET id = -id")
+            top = self._one("SELECT max(id) FROM outbox") or 0
+            self.db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'",
+                            (top,))
+        self.hw = max(self.hw, top)
+
+    def counters(self, now: float) -> Counters:
+        with self._errors():
+            oldest = self._one("SELECT created FROM outbox ORDER BY id LIMIT 1")
+            mean = self._one("SELECT avg(length(payload)) FROM (SELECT payload FROM outbox "
+                             "ORDER BY id LIMIT ?)", (BYTES_SAMPLE_ROWS,)) or 0
+        return Counters(self.depth, oldest, int(mean * self.depth), self.dropped,
+                        self.quarantined)
+
+    def maintain(self, now: float) -> None:
+        """Give free pages back to the file system after a backlog drained."""
+        if time.monotonic() < self.next_vacuum_check:
+            return
+        self.next_vacuum_check = time.monotonic() + VACUUM_CHECK_INTERVAL_S
+        with self._errors():
+            if self._one("PRAGMA freelist_count") >= VACUUM_MIN_FREE_PAGES:
+                # executescript steps the pragma to the end; execute() would free one page.
+                self.db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES_PER_STEP}); "
+                                      "PRAGMA wal_checkpoint(TRUNCATE);")
 
     def close(self) -> None:
-        self.db.close()
+        db, self.db = self.db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _one(self, sql: str, params: tuple = ()):
+        row = self.db.execute(sql, params).fetchone()
+        return row[0] if row else None
 
     def _write_meta(self, key: str, value: str | None) -> None:
-        if value is None:
+        if value is None and not self.tombstones:
             self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
         else:
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                             (key, value))
 
-    def _enforce_bounds(self, now: float) -> None:
-        excess = self.depth - self.max_records
-        if excess > 0:
-            self._drop("SELECT id FROM outbox ORDER BY id LIMIT ?", (excess,))
-        oldest = self.db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-        if oldest and oldest[0] < now - self.max_age_s:
-            self._drop("SELECT id FROM outbox WHERE created < ?", (now - self.max_age_s,))
+    def _apply_limits(self, depth: int, now: float) -> int:
+        """Drop the oldest rows beyond max_records and those older than max_age (counted)."""
+        dropped = 0
+        if depth > self.limits.max_records:
+            dropped += self.db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
+                (depth - self.limits.max_records,)).rowcount
+        if self.sweep.due():
+            dropped += self.db.execute("DELETE FROM outbox WHERE created < ?",
+                                       (now - self.limits.max_age_s,)).rowcount
+        if dropped:
+            self._write_meta(DROPPED_KEY, str(self.dropped + dropped))
+        return dropped
 
-    def _drop(self, select_ids: str, params: tuple) -> None:
-        with self._transaction():
-            cur = self.db.execute(f"DELETE FROM outbox WHERE id IN ({select_ids})", params)
-            self.dropped += cur.rowcount
-            self._write_meta(DROPPED_KEY, str(self.dropped))
-        self.depth -= cur.rowcount
-
+    @contextmanager
     def _transaction(self):
-        return _Transaction(self.db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self):
+        """BEGIN IMMEDIATE ... COMMIT; on any failure (COMMIT included) rolled back."""
         self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback_quietly()
+            raise
 
-    def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
+    def _rollback_quietly(self) -> None:
+        try:
+            if self.db is not None and self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (it does on some I/O errors)
 
+    @contextmanager
+    def _errors(self):
+        """Turn SQLite's I/O failures into SqliteError; close the connection unless it is
+        still usable. Programming errors (bugs) pass through unchanged."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if isinstance(exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError,
+                                sqlite3.IntegrityError)):
+                raise
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code not in KEEP_CONNECTION_CODES:
+                self.close()
+            raise SqliteError(_describe(code, exc, self.path), code) from exc
+
+
+def _describe(code: int, exc: sqlite3.Error, path: str) -> str:
+    """A short reason; SQLite reports a read-only file system as a vague I/O error."""
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+        try:
+            if os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY:
+                return "read-only file system"
+        except OSError:
+            pass
+    return REASONS.get(code, str(exc))
+
+
+def _marks(ids: Sequence) -> str:
+    return ",".join("?" * len(ids))
+
+
+def _chunks(ids: Sequence[int]):
+    ids = list(ids)
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start:start + IDS_PER_STATEMENT]

@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from agent import backoff
+from agent import backoff, logs
 from agent.storage import Buffer, Record
 from agent.uplink import smartrest
 from agent.uplink.operations import Operations
 from agent.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
-    Published, Subscribed)
+    Published, Subscribed, TlsSetupError)
 
 WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large windows
 ROWS_PER_PEEK = 500
@@ -69,6 +69,7 @@ class Session:
         self.cursor = 0  # highest row id handed to paho on this connection
         self.sent = 0
         self.reconnects = 0
+        self.attempts = 0  # connection attempts since the child started
         self.last_ack: float | None = None
         self.last_error: str | None = None
         self.auth_failed = False
@@ -116,6 +117,7 @@ class Session:
             "inflight": sum(len(ids) for ids in self.inflight.values()),
             "sent": self.sent,
             "reconnects": self.reconnects,
+            "attempts": self.attempts,
             "last_ack": self.last_ack,
             "last_error": self.last_error,
         }
@@ -124,8 +126,13 @@ class Session:
 
     def _open(self, now: float) -> None:
         self.generation += 1
-        self.connection = Connection(self.endpoint, self.events, self.generation,
-                                     WINDOW_PUBLISHES + 4)
+        self.attempts += 1
+        try:
+            self.connection = Connection(self.endpoint, self.events, self.generation,
+                                         WINDOW_PUBLISHES + 4)
+        except TlsSetupError as exc:  # e.g. a certificate file being replaced right now
+            self._fail(now, str(exc))
+            return
         self._enter("connecting", now)
         log.info("connecting to %s:%d as %s", self.endpoint.host, self.endpoint.port,
                  self.endpoint.client_id)
@@ -183,9 +190,15 @@ class Session:
                            self._after_device_created)
 
     def _on_connect_failed(self, event: ConnectFailed, now: float) -> None:
-        self._fail(now, f"cannot connect to {self.endpoint.host}:{self.endpoint.port}")
+        self._fail(now, f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: "
+                   f"{event.reason}")
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
+        if self.state == "connecting":  # closed before any CONNACK
+            self._fail(now, f"the broker closed the connection before answering CONNECT "
+                       f"({event.reason}); plain MQTT to a TLS port? check cumulocity.port "
+                       "and cumulocity.tls")
+            return
         self._fail(now, f"connection lost: {event.reason}")
 
     def _on_published(self, event: Published, now: float) -> None:
@@ -225,7 +238,7 @@ class Session:
         self._enter("online", now)
         self.connected_since = time.time()
         self.last_error = None
-        log.info("online as %s", self.endpoint.client_id)
+        log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
         self._fill_window(now)
 
     def _on_message(self, event: Message, now: float) -> None:

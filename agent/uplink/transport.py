@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -86,6 +87,10 @@ class NotConnected(Exception):
     pass
 
 
+class TlsSetupError(Exception):
+    """The CA, certificate or key file cannot be used (missing, unreadable, not PEM)."""
+
+
 class Connection:
     """One connection attempt; events go to `events` tagged with `generation`."""
 
@@ -129,7 +134,10 @@ class Connection:
 
     def _install_callbacks(self) -> None:
         client = self.client
-        client.on_connect_fail = lambda _c, _u: self._post(ConnectFailed, "connection failed")
+        # paho calls on_connect_fail from inside its `except OSError` around the connect (1.6
+        # and 2.x alike), so the exception that ended the attempt is still being handled.
+        client.on_connect_fail = lambda _c, _u: self._post(
+            ConnectFailed, describe_connect_error(sys.exc_info()[1]))
         client.on_message = lambda _c, _u, msg: self._post(Message, msg.topic, msg.payload)
         if PAHO_2:
             client.on_connect = lambda _c, _u, _f, rc, _p=None: self._on_connack(rc)
@@ -172,6 +180,18 @@ def _describe_connack(rc) -> tuple[bool, str, bool]:
     return rc == mqtt.CONNACK_ACCEPTED, mqtt.connack_string(rc), auth
 
 
+def describe_connect_error(exc: BaseException | None) -> str:
+    """Why TCP/TLS setup failed, in words that point at the fix."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate verification failed: {exc.verify_message or exc.reason} "
+                "(check cumulocity.host and tls.ca_file)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) if exc else "connection failed"
+
+
 def _set_nodelay(sock) -> None:
     # paho leaves Nagle on; with small QoS 1 publishes it costs ~40 % throughput at 10 ms RTT.
     if sock is not None:
@@ -182,8 +202,22 @@ def _set_nodelay(sock) -> None:
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """A verifying TLS context: system store or `ca_file`, optional client certificate."""
-    context = ssl.create_default_context(cafile=endpoint.ca_file)
+    """A verifying TLS context: system store or `ca_file`, optional client certificate.
+
+    The files are read again for every connection (so renewed certificates are picked up);
+    a file that cannot be used raises TlsSetupError naming it.
+    """
+    try:
+        context = ssl.create_default_context(cafile=endpoint.ca_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise TlsSetupError(f"cannot use tls.ca_file '{endpoint.ca_file}': "
+                            f"{describe_connect_error(exc)}") from exc
     if endpoint.cert_file:
-        context.load_cert_chain(endpoint.cert_file, endpoint.key_file)
+        try:
+            context.load_cert_chain(endpoint.cert_file, endpoint.key_file,
+                                    password=lambda: b"")  # never prompt on a TTY
+        except (OSError, ValueError) as exc:
+            raise TlsSetupError(
+                f"cannot use tls.cert_file '{endpoint.cert_file}' with key_file "
+                f"'{endpoint.key_file}': {describe_connect_error(exc)}") from exc
     return context
