@@ -159,3 +159,22 @@ def test_withheld_pubacks_keep_rows_and_bound_the_window(tmp_path, tenant, agent
     wait_until(lambda: agent.devices()["grid-meter"]["queued"] < 5, 15, what="drained")
     assert agent.stop() == 0
     check_rules(tenant)
+
+
+def test_rate_limit_disconnects_back_off_and_recover(tmp_path, tenant, agent_factory):
+    client = "c8ysim-pv-roof"
+    tenant.disconnect_after_first_message(client, sessions=4)
+    agent = start_agent_unchecked(tmp_path, tenant.port, agent_factory)
+    wait_until(lambda: agent.devices()["pv-roof"]["connected"], 30, what="recovery")
+    connects = [r.time for r in tenant.records(client) if r.kind == "connect"]
+    assert len(connects) >= 5
+    gaps = [b - a for a, b in zip(connects, connects[1:])]
+    assert sum(gaps) > 0.5, gaps  # it waited between attempts instead of hammering
+    assert agent.stop() == 0
+    assert tenant.violations == [], tenant.violations
+
+
+def start_agent_unchecked(tmp_path, port, agent_factory):
+    status_port = free_port()
+    agent = agent_factory(write_config(tmp_path, port, status_port), status_port)
+    return agent.start()

@@ -140,3 +140,24 @@ def test_blackholed_connection_is_given_up_and_retried(tmp_path, mosquitto):
     finally:
         driver.close()
         proxy.close()
+
+
+def test_oversized_record_is_quarantined_and_the_rest_flows(tmp_path, mosquitto):
+    received = tmp_path / "received.txt"
+    subscriber = subprocess.Popen(["mosquitto_sub", "-p", str(mosquitto.port), "-t", "s/us",
+                                   "-q", "1"], stdout=open(received, "wb"))
+    driver = Driver(tmp_path, mosquitto.port)
+    try:
+        time.sleep(0.3)
+        now = time.time()
+        driver.buffer.put_many([("s/us", b"211,1", now), ("s/us", b"x" * 17000, now),
+                                ("s/us", b"211,2", now)])
+        driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 10, "drain")
+        stats = driver.buffer.stats(time.time())
+        assert stats.quarantined == 1
+        wait_until(lambda: "211,2" in received.read_text(), 5, what="the row after it")
+        assert "xxxx" not in received.read_text()
+    finally:
+        driver.close()
+        subscriber.terminate()
+        subscriber.wait(5)
