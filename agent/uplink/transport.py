@@ -176,8 +176,11 @@ def _describe_connack(rc) -> tuple[bool, str, bool]:
         # paho 2 reports MQTT 3.1.1 refusals as MQTT 5 reason codes (4 -> 134, 5 -> 135).
         auth = rc in ("Bad user name or password", "Not authorized")
         return not rc.is_failure, str(rc), auth
-    auth = rc in (mqtt.CONNACK_REFUSED_BAD_USERNAME_PASSWORD, mqtt.CONNACK_REFUSED_NOT_AUTHORIZED)
-    return rc == mqtt.CONNACK_ACCEPTED, mqtt.connack_string(rc), auth
+    # Same words as paho 2 (paho 1.6 says "Connection Refused: not authorised.").
+    auth_reasons = {mqtt.CONNACK_REFUSED_BAD_USERNAME_PASSWORD: "Bad user name or password",
+                    mqtt.CONNACK_REFUSED_NOT_AUTHORIZED: "Not authorized"}
+    reason = auth_reasons.get(rc) or mqtt.connack_string(rc)
+    return rc == mqtt.CONNACK_ACCEPTED, reason, rc in auth_reasons
 
 
 def describe_connect_error(exc: BaseException | None) -> str:
