@@ -67,6 +67,7 @@ class CumulocityConfig:
     keepalive_s: int = 60
     reconnect_max_s: float = 300.0
     required_interval_min: int = 10
+    max_lines_per_s: float = 100.0  # drain pace per device (Cumulocity throttles tenants)
 
     @property
     def username(self) -> str | None:
@@ -274,7 +275,7 @@ class _Reader:
             return None
         items = self.section(top, "cumulocity", (
             "host", "port", "tls", "tenant", "user", "password", "password_file",
-            "keepalive_s", "reconnect_max_s", "required_interval_min"))
+            "keepalive_s", "reconnect_max_s", "required_interval_min", "max_lines_per_s"))
         where = "cumulocity"
         tls = self.tls(items.get("tls"))
         password = self.password(items)
@@ -296,6 +297,8 @@ class _Reader:
                 items, "reconnect_max_s", where, float, 300.0, _range(1, 86400)),
             required_interval_min=self.value(
                 items, "required_interval_min", where, int, 10, _range(-32768, 32767)),
+            max_lines_per_s=float(self.value(
+                items, "max_lines_per_s", where, float, 100.0, _range(1, 100000))),
         )
 
     def tls(self, node) -> TlsConfig | None:

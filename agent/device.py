@@ -79,7 +79,7 @@ class Device:
             revision=__version__, supported_operations=("c8y_Restart",),
             required_interval_min=c8y.required_interval_min)
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
-                       random.Random())
+                       random.Random(), c8y.max_lines_per_s)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import pytest
 from agent import backoff
 from agent.config import StorageConfig
 from agent.storage import open_buffer
+from agent.uplink.pacing import TokenBucket
 from agent.uplink.session import Registration, Session
 from agent.uplink.transport import Endpoint
 from conftest import wait_until
@@ -161,3 +162,25 @@ def test_oversized_record_is_quarantined_and_the_rest_flows(tmp_path, mosquitto)
         driver.close()
         subscriber.terminate()
         subscriber.wait(5)
+
+
+def test_token_bucket_paces_lines():
+    bucket = TokenBucket(100.0, now=0.0)
+    assert bucket.available(0.0) == 100
+    bucket.take(100, 0.0)
+    assert bucket.available(0.0) == 0 and bucket.wait_s(0.0) == pytest.approx(0.01)
+    assert bucket.available(0.5) == 50
+    assert bucket.available(10.0) == 100  # the burst never exceeds one second's worth
+
+
+def test_drain_keeps_to_max_lines_per_s(tmp_path, mosquitto):
+    driver = Driver(tmp_path, mosquitto.port)
+    driver.session.pace = TokenBucket(100.0, time.monotonic())
+    try:
+        driver.run_until(lambda: driver.session.state == "online", 10, "online")
+        driver.buffer.put_many([("s/us", f"211,{i}".encode(), time.time()) for i in range(300)])
+        started = time.monotonic()
+        driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 20, "drain")
+        assert time.monotonic() - started >= 1.5  # 300 lines, 100 of them as the burst
+    finally:
+        driver.close()

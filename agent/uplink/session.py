@@ -23,6 +23,7 @@ from agent import backoff, logs
 from agent.storage import Buffer, Record
 from agent.uplink import smartrest
 from agent.uplink.operations import Operations
+from agent.uplink.pacing import TokenBucket
 from agent.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
     Published, Subscribed, TlsSetupError)
@@ -33,6 +34,7 @@ BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
 CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attempt
 REGISTER_TIMEOUT_S = 30.0  # CONNACK to online (100 PUBACK, SUBACKs)
+UNLIMITED_LINES_PER_S = 1e9
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,11 @@ class Registration:
 
 class Session:
     def __init__(self, endpoint: Endpoint, registration: Registration, buffer: Buffer,
-                 events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random):
+                 events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random,
+                 max_lines_per_s: float = UNLIMITED_LINES_PER_S):
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
+        self.pace = TokenBucket(max_lines_per_s, time.monotonic())
         self.operations = Operations(endpoint.client_id, buffer)
         self.state = "disconnected"
         self.connection: Connection | None = None
@@ -99,7 +103,8 @@ class Session:
         if self.state == "disconnected":
             return max(0.0, self.retry_at - now)
         if self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
-            return None
+            wait = self.pace.wait_s(now)
+            return wait if wait > 0 else None
         return 1.0
 
     def close(self) -> None:
@@ -253,7 +258,8 @@ class Session:
 
     def _fill_window(self, now: float) -> None:
         while self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
-            rows = self.buffer.peek(ROWS_PER_PEEK, after_id=self.cursor)
+            budget = min(ROWS_PER_PEEK, self.pace.available(now))
+            rows = self.buffer.peek(budget, after_id=self.cursor) if budget else []
             if not rows:
                 return
             for topic, batch in _batches(rows):
@@ -275,6 +281,7 @@ class Session:
             return False  # the Disconnected event follows
         self.inflight[mid] = [r.id for r in batch]
         self.cursor = batch[-1].id
+        self.pace.take(len(batch), now)
         return len(self.inflight) < WINDOW_PUBLISHES
 
 
