@@ -87,15 +87,16 @@ class Device:
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(_Stop()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor too
         interval = self.device.interval_s
-        next_tick = time.monotonic()
+        next_tick = time.monotonic() + _until_next_slot_s(interval)
         next_heartbeat = 0.0
         while self.running:
             now = time.monotonic()
             if now >= next_tick:
                 self.tick()
-                next_tick += interval
-                if next_tick <= now:  # stalled or the clock slept: skip, do not burst
-                    next_tick = now + interval
+                # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
+                # the interval: all devices read at the same timestamps, and a jump of the
+                # wall clock never stalls or bursts the loop.
+                next_tick = now + _until_next_slot_s(interval)
             if self.session:
                 self.session.poll(time.monotonic())
                 if self.session.operations.restart_requested:
@@ -135,9 +136,12 @@ class Device:
             self.session.handle(event, time.monotonic())
 
     def tick(self) -> None:
-        t = time.time()
-        last_t = self.model_state.get("t", t)
-        state, reading = self.model.step(self.model_state, t, max(0.0, t - last_t))
+        t = _slot(time.time(), self.device.interval_s)
+        last_t = self.model_state.get("t")
+        if t == last_t:
+            return  # this slot was already read (the loop woke a little early)
+        dt = max(0.0, t - last_t) if last_t is not None else 0.0
+        state, reading = self.model.step(self.model_state, t, dt)
         self.model_state = {**state, "t": t}
         rows = [(smartrest.UPSTREAM_TOPIC, line.encode(), t) for line in _lines(reading)]
         self.buffer.put_many(rows, meta={MODEL_STATE_KEY: json.dumps(self.model_state)})
@@ -165,6 +169,15 @@ class Device:
         if self.session:
             self.session.close()
         self.buffer.close()
+
+
+def _slot(t: float, interval_s: float) -> float:
+    """The wall-clock multiple of the interval nearest to t (readings share timestamps)."""
+    return round(round(t / interval_s) * interval_s, 3)
+
+
+def _until_next_slot_s(interval_s: float) -> float:
+    return interval_s - time.time() % interval_s
 
 
 def _lines(reading: sim.Reading) -> list[str]:

@@ -1,0 +1,63 @@
+"""Across real processes: every device reads at the same wall-clock slots, and the grid
+child's published value equals load + heat pump - PV from the other children's published
+readings at the same timestamp (no IPC between the children)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from agent import config
+from agent.sim.household import Household
+from conftest import free_port, wait_until, write_config
+
+POWER = {"c8ysim_PvInverter": ("c8y_SinglePhaseEnergyMeasurement", -1),
+         "c8ysim_HeatPump": ("c8y_SinglePhaseEnergyMeasurement", 1),
+         "c8ysim_GridMeter": ("c8y_ThreePhaseEnergyMeasurement", 1)}
+
+
+def net_power_w(fields: list[str], fragment: str) -> float:
+    """P+ minus P- of `fragment` from a 201 line's (fragment, series, value, unit) groups."""
+    watts = 0.0
+    for i in range(3, len(fields) - 3, 4):
+        if fields[i] == fragment and fields[i + 1] in ("P+", "P-"):
+            watts += float(fields[i + 2]) * (1 if fields[i + 1] == "P+" else -1)
+    return watts
+
+
+def by_time(recorder) -> dict[float, dict[str, float]]:
+    table: dict[float, dict[str, float]] = {}
+    for line in recorder.lines():
+        fields = line.split(",")
+        if fields[0] == "201" and fields[1] in POWER:
+            fragment, sign = POWER[fields[1]]
+            t = datetime.fromisoformat(fields[2]).timestamp()
+            table.setdefault(t, {})[fields[1]] = sign * net_power_w(fields, fragment)
+    return table
+
+
+def test_grid_equals_load_plus_heatpump_minus_pv_across_processes(tmp_path, mosquitto,
+                                                                  recorder, agent_factory):
+    status_port = free_port()
+    path = write_config(tmp_path, mosquitto.port, status_port, interval_s=0.5)
+    # Put the site where the sun is high right now, so the PV term is not zero.
+    hours_utc = time.time() % 86400 / 3600
+    longitude = (12 - hours_utc) * 15
+    path.write_text(path.read_text().replace(
+        "latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin",
+        f"latitude: 20.0, longitude: {longitude:.2f}, timezone: UTC"))
+    agent = agent_factory(path, status_port).start()
+    complete = lambda: [t for t, row in by_time(recorder).items() if len(row) == 3]  # noqa: E731
+    wait_until(lambda: len(complete()) >= 10, 20, what="ten slots read by all three devices")
+    assert agent.stop() == 0
+
+    household = Household(config.load(str(path)).site)
+    for t in complete():
+        row = by_time(recorder)[t]
+        pv_w, hp_w, grid_w = (row["c8ysim_PvInverter"], row["c8ysim_HeatPump"],
+                              row["c8ysim_GridMeter"])
+        load_w = grid_w - hp_w + pv_w  # what the three published readings imply
+        assert abs(load_w - household.snapshot(t).load_w) <= 0.3, (t, row)
+    assert any(by_time(recorder)[t]["c8ysim_PvInverter"] > 100 for t in complete())
+    slots = sorted(by_time(recorder))
+    assert all(abs((t * 2) - round(t * 2)) < 1e-6 for t in slots)  # on the 0.5 s grid
