@@ -79,14 +79,15 @@ def rootfs(packages=BASE_PACKAGES, suite: str = SUITE, cache_dir: Path = CACHE_D
     if path.is_dir():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / ".lock"):
+    with locked(cache_dir / ".lock"):
         if not path.is_dir():  # another process may have built it while we waited
             _build_rootfs(path, packages, suite)
     return path
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def locked(lock_path: Path):
+    """An exclusive flock on lock_path for the duration (one cache builder at a time)."""
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -17,7 +17,6 @@ the tests fail with what is missing, they never skip. Emulation says nothing abo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Recorder, free_port, wait_until
-from nspawn import CACHE_DIR, MIRROR
+from conftest import free_port, wait_until
+from nspawn import CACHE_DIR, MIRROR, locked
 from test_package import DEB_NAME, PLAIN_ENV, make
 
 SUITE = "bookworm"
@@ -117,16 +116,6 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _run_logged(argv, log, timeout: float, what: str) -> None:
     """Run argv in a session of its own; on a timeout or an interruption (pytest-timeout,
     Ctrl-C) kill its whole process group, so no emulated process outlives the build."""
@@ -173,7 +162,7 @@ def arm64_root(cache_dir: Path = CACHE_DIR) -> tuple[Path, float | None]:
     if path.is_dir():
         return path, None
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f".arm64-{SUITE}.lock"):
+    with locked(cache_dir / f".arm64-{SUITE}.lock"):
         if path.is_dir():  # built by another run while this one waited
             return path, None
         for stale in cache_dir.glob(f".{path.name}.partial-*"):  # interrupted builds
