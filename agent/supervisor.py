@@ -11,7 +11,6 @@ only carries the decisions out.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import json
@@ -26,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agent import __version__, logs
+from agent import __version__, logs, processes
 from agent.config import Config, ConfigError
 from agent.notify import Notifier
 from agent.states import IDLE, Action, ChildState, Death, Event, Policy, next_state
@@ -41,8 +40,6 @@ HISTORY_SPAN_S = 3600.0  # recent readings kept per device for the status page
 HISTORY_MIN_STEP_S = 5.0  # at most one kept reading per this many seconds
 HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-PR_SET_NAME = 15  # prctl(2)
-PR_SET_PDEATHSIG = 1  # prctl(2)
 RESPAWN, REMOVE = "respawn", "remove"  # what follows a requested stop
 HOUSEHOLD_WIDE_TYPES = frozenset({"grid"})  # a grid meter's reading sums the other devices
 
@@ -96,7 +93,7 @@ class Supervisor:
         self.server: StatusServer | None = None
         self._last_status = ""
         self._next_status_at = 0.0
-        self._watchdog_s = _watchdog_interval_s()
+        self._watchdog_s = processes.watchdog_interval_s()
         self._next_pet_at = 0.0
         self._next_stagger_at = 0.0
 
@@ -241,11 +238,11 @@ class Supervisor:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for signum in (signal.SIGHUP, signal.SIGINT):  # the supervisor handles these
                 signal.signal(signum, signal.SIG_IGN)
-            _die_with_parent(self.pid)
+            processes.die_with_parent(self.pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._close_inherited()
             logs.setup(self.config.log_level, name)
-            _set_process_name(f"c8ysim:{name}")
+            processes.set_process_name(f"c8ysim:{name}")
             code = self.run_child(self.config, name, heartbeat, self.pid)
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child
             logging.getLogger(__name__).exception("child %s failed", name)
@@ -336,12 +333,12 @@ class Supervisor:
     def _send_term(self, child: Child, now: float) -> None:
         if child.pid is not None and child.term_sent_at is None:
             child.term_sent_at = now
-            _kill(child.pid, signal.SIGTERM)
+            processes.kill(child.pid, signal.SIGTERM)
 
     def _send_kill(self, child: Child) -> None:
         if child.pid is not None:
             child.kill_sent = True
-            _kill(child.pid, signal.SIGKILL)
+            processes.kill(child.pid, signal.SIGKILL)
 
     # -- stop and reload ------------------------------------------------------------------------
 
@@ -503,43 +500,3 @@ def _record_only(signum, frame) -> None:
 
 def _ignore() -> None:
     pass
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _watchdog_interval_s() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 1e6
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In a fresh child: get SIGTERM when the supervisor dies, and exit if it already has.
-
-    The getppid() check closes the race of a parent that died before the prctl() call.
-    """
-    try:
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # device.py's ppid check still ends the child within a loop turn
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _set_process_name(name: str) -> None:
-    """Set the kernel's comm name (shown by ps -o comm, top), best effort."""
-    try:
-        _libc().prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
