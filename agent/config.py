@@ -10,24 +10,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from agent import sim
+from agent import config_checks as checks, sim
 from agent.uplink import certs
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus
-DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_EXTERNAL_ID_CHARS = 128
 MIN_INTERVAL_S = 0.1
-EXTERNAL_ID_PLACEHOLDER = "{external_id}"  # in tls.cert_file/key_file: one per device
+EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
 
 
 @dataclass(frozen=True)
@@ -52,8 +47,8 @@ class TlsConfig:
 
     def for_device(self, external_id: str) -> "TlsConfig":
         """The files of one device: `{external_id}` in cert_file/key_file replaced."""
-        return dataclasses.replace(self, cert_file=_for_device(self.cert_file, external_id),
-                                   key_file=_for_device(self.key_file, external_id))
+        return dataclasses.replace(self, cert_file=checks.for_device(self.cert_file, external_id),
+                                   key_file=checks.for_device(self.key_file, external_id))
 
 
 @dataclass(frozen=True)
@@ -227,7 +222,7 @@ class _Reader:
             "supervisor"))
         if "site" not in top:
             self.error(root, "missing required section 'site' (latitude, longitude, ...)")
-        log_level = self.value(top, "log_level", "config", str, "info", _check_log_level)
+        log_level = self.value(top, "log_level", "config", str, "info", checks.check_log_level)
         devices = self.devices(top)
         specs = tuple(sim.DeviceSpec(d.type, d.name, d.params) for d in devices)
         cumulocity = self.cumulocity(top)
@@ -249,16 +244,16 @@ class _Reader:
         defaults = SupervisorConfig()
         return SupervisorConfig(**{
             key: float(self.value(items, key, "supervisor", float, getattr(defaults, key),
-                                  _range(0.1, 3600)))
+                                  checks.in_range(0.1, 3600)))
             for key in SupervisorConfig.__dataclass_fields__})
 
     def site(self, top: dict) -> sim.Site:
         items = self.section(top, "site", ("latitude", "longitude", "timezone", "seed"))
         household = self.params(top.get("household"), "household", sim.HOUSEHOLD_PARAMS)
         return sim.Site(
-            latitude=self.value(items, "latitude", "site", float, 52.52, _range(-90, 90)),
-            longitude=self.value(items, "longitude", "site", float, 13.40, _range(-180, 180)),
-            timezone=self.value(items, "timezone", "site", str, "UTC", _check_timezone),
+            latitude=self.value(items, "latitude", "site", float, 52.52, checks.in_range(-90, 90)),
+            longitude=self.value(items, "longitude", "site", float, 13.40, checks.in_range(-180, 180)),
+            timezone=self.value(items, "timezone", "site", str, "UTC", checks.check_timezone),
             seed=self.value(items, "seed", "site", int, 1),
             household=household,
         )
@@ -267,7 +262,7 @@ class _Reader:
         if node is None:
             return ()
         items = self.mapping(node, where, tuple(catalogue))
-        values = ((k, self.value(items, k, where, float, None, _positive)) for k in items)
+        values = ((k, self.value(items, k, where, float, None, checks.positive)) for k in items)
         return tuple((k, float(v)) for k, v in values if v is not None)
 
     def cumulocity(self, top: dict) -> CumulocityConfig | None:
@@ -286,19 +281,19 @@ class _Reader:
                 self.error(top["cumulocity"], "cumulocity needs 'password' or 'password_file' "
                            "(or tls.cert_file for certificate login)")
         return CumulocityConfig(
-            host=self.value(items, "host", where, str, check=_non_empty),
-            port=self.value(items, "port", where, int, 8883 if tls else 1883, _check_port),
+            host=self.value(items, "host", where, str, check=checks.non_empty),
+            port=self.value(items, "port", where, int, 8883 if tls else 1883, checks.check_port),
             tls=tls,
             tenant=self.value(items, "tenant", where, str, None),
             user=self.value(items, "user", where, str, None),
             password=password,
-            keepalive_s=self.value(items, "keepalive_s", where, int, 60, _range(5, 3600)),
+            keepalive_s=self.value(items, "keepalive_s", where, int, 60, checks.in_range(5, 3600)),
             reconnect_max_s=self.value(
-                items, "reconnect_max_s", where, float, 300.0, _range(1, 86400)),
+                items, "reconnect_max_s", where, float, 300.0, checks.in_range(1, 86400)),
             required_interval_min=self.value(
-                items, "required_interval_min", where, int, 10, _range(-32768, 32767)),
+                items, "required_interval_min", where, int, 10, checks.in_range(-32768, 32767)),
             max_lines_per_s=float(self.value(
-                items, "max_lines_per_s", where, float, 100.0, _range(1, 100000))),
+                items, "max_lines_per_s", where, float, 100.0, checks.in_range(1, 100000))),
         )
 
     def tls(self, node) -> TlsConfig | None:
@@ -312,11 +307,11 @@ class _Reader:
         items = self.mapping(node, "cumulocity.tls", ("ca_file", "cert_file", "key_file"))
         self._tls_items = items
         files = {"ca_file": self.value(items, "ca_file", "cumulocity.tls", str, None,
-                                       _check_ca_file)}
+                                       checks.check_ca_file)}
         for key in ("cert_file", "key_file"):  # with {external_id}: checked per device
             files[key] = self.value(items, key, "cumulocity.tls", str, None,
                                     lambda name: None if EXTERNAL_ID_PLACEHOLDER in name
-                                    else _readable_file(name))
+                                    else checks.readable_file(name))
         if bool(files["cert_file"]) != bool(files["key_file"]):
             self.error(node, "cumulocity.tls: cert_file and key_file go together; set both")
         return TlsConfig(**files)
@@ -331,7 +326,7 @@ class _Reader:
         for device in devices:
             node = self._device_nodes.get(device.name, cert_node)
             files = tls.for_device(device.external_id)
-            problem = _readable_file(files.cert_file) or _readable_file(files.key_file)
+            problem = checks.readable_file(files.cert_file) or checks.readable_file(files.key_file)
             if problem:
                 self.error(node, f"{problem} (client certificate of device '{device.name}', "
                            "from cumulocity.tls)")
@@ -349,7 +344,7 @@ class _Reader:
                            f"'{device.external_id}' of device '{device.name}' "
                            f"({files.cert_file}){hint}")
                 continue
-            if problem := _check_key_pair(files.cert_file, files.key_file):
+            if problem := checks.check_key_pair(files.cert_file, files.key_file):
                 self.error(self._tls_items.get("key_file", node), f"cumulocity.tls.key_file: "
                            f"{problem} (device '{device.name}')")
 
@@ -360,7 +355,7 @@ class _Reader:
             return None
         if "password" in items:
             return str(self.value(items, "password", "cumulocity", (str, int)))
-        file_name = self.value(items, "password_file", "cumulocity", str, None, _readable_file)
+        file_name = self.value(items, "password_file", "cumulocity", str, None, checks.readable_file)
         if file_name is None:
             return None
         return Path(file_name).read_text(encoding="utf-8").strip()
@@ -369,27 +364,27 @@ class _Reader:
         items = self.section(top, "storage", (
             "backend", "path", "dsn", "max_records", "max_age_hours", "synchronous"))
         where, defaults = "storage", StorageConfig()
-        backend = self.value(items, "backend", where, str, "sqlite", _one_of("sqlite", "postgres"))
+        backend = self.value(items, "backend", where, str, "sqlite", checks.one_of("sqlite", "postgres"))
         dsn = self.value(items, "dsn", where, str, None)
         if backend == "postgres" and not dsn:
             self.error(items.node, "storage.backend is postgres: set storage.dsn "
                        "(e.g. postgresql://c8ysim@localhost/c8ysim)")
         return StorageConfig(
             backend=backend,
-            path=self.value(items, "path", where, str, _default_state_dir(), _non_empty),
+            path=self.value(items, "path", where, str, _default_state_dir(), checks.non_empty),
             dsn=dsn,
             max_records=self.value(
-                items, "max_records", where, int, defaults.max_records, _range(100, 10**9)),
+                items, "max_records", where, int, defaults.max_records, checks.in_range(100, 10**9)),
             max_age_hours=self.value(
-                items, "max_age_hours", where, float, defaults.max_age_hours, _positive),
+                items, "max_age_hours", where, float, defaults.max_age_hours, checks.positive),
             synchronous=self.value(
-                items, "synchronous", where, str, "normal", _one_of("normal", "full")),
+                items, "synchronous", where, str, "normal", checks.one_of("normal", "full")),
         )
 
     def status(self, top: dict) -> StatusConfig:
         items = self.section(top, "status", ("listen",))
-        listen = self.value(items, "listen", "status", str, "127.0.0.1:8080", _check_listen)
-        host, port = _split_listen(listen or "127.0.0.1:8080")
+        listen = self.value(items, "listen", "status", str, "127.0.0.1:8080", checks.check_listen)
+        host, port = checks.split_listen(listen or "127.0.0.1:8080")
         return StatusConfig(host=host, port=port)
 
     def devices(self, top: dict) -> list[DeviceConfig]:
@@ -414,12 +409,12 @@ class _Reader:
     def device(self, node) -> DeviceConfig | None:
         items = self.mapping(node, "a device", ("name", "type", "interval_s", "external_id")
                              + tuple(sim.KINDS))
-        name = self.value(items, "name", "device", str, check=_check_device_name)
-        kind = self.value(items, "type", "device", str, check=_one_of(*sim.KINDS))
+        name = self.value(items, "name", "device", str, check=checks.check_device_name)
+        kind = self.value(items, "type", "device", str, check=checks.one_of(*sim.KINDS))
         interval = self.value(items, "interval_s", "device", float, 10.0,
-                              _range(MIN_INTERVAL_S, 86400))
+                              checks.in_range(MIN_INTERVAL_S, 86400))
         external_id = self.value(items, "external_id", "device", str,
-                                 f"c8ysim-{name}", _check_external_id)
+                                 f"c8ysim-{name}", checks.check_external_id)
         for other in sim.KINDS:
             if other in items and other != kind:
                 self.error(items[other], f"'{other}:' parameters on a device of type '{kind}'")
@@ -464,98 +459,6 @@ def _suggest(key: str, allowed) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"{hint} (allowed: {', '.join(allowed)})"
-
-
-def _range(low: float, high: float):
-    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
-
-
-def _positive(value) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def _one_of(*choices):
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-def _check_port(port: int) -> str | None:
-    return None if 1 <= port <= 65535 else "must be a TCP port between 1 and 65535"
-
-
-def _check_log_level(level: str) -> str | None:
-    return _one_of("debug", "info", "warning", "error")(level)
-
-
-def _check_timezone(name: str) -> str | None:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return f"unknown time zone '{name}' (use an IANA name such as Europe/Berlin)"
-    return None
-
-
-def _check_device_name(name: str) -> str | None:
-    if DEVICE_NAME_RE.match(name):
-        return None
-    return "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-def _check_external_id(external_id: str) -> str | None:
-    if ":" in external_id:
-        return "must not contain ':' (Cumulocity reads it as a client ID separator)"
-    if not external_id.strip() or len(external_id) > MAX_EXTERNAL_ID_CHARS:
-        return f"must be 1-{MAX_EXTERNAL_ID_CHARS} characters"
-    if any(c in external_id for c in "+#/ ") or not external_id.isprintable():
-        return "must not contain '+', '#', '/', spaces or control characters"
-    return None
-
-
-def _readable_file(name: str) -> str | None:
-    return None if os.access(name, os.R_OK) else f"cannot read file '{name}'"
-
-
-def _for_device(path: str | None, external_id: str) -> str | None:
-    return path.replace(EXTERNAL_ID_PLACEHOLDER, external_id) if path else path
-
-
-def _check_ca_file(name: str) -> str | None:
-    if problem := _readable_file(name):
-        return problem
-    try:
-        ssl.create_default_context(cafile=name)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        return f"'{name}' holds no usable PEM CA certificate ({exc})"
-    return None
-
-
-def _check_key_pair(cert_file: str, key_file: str | None) -> str | None:
-    """None when the private key fits the certificate (and is not password-protected)."""
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
-            cert_file, key_file, password=lambda: b"")
-    except (ssl.SSLError, OSError) as exc:
-        return (f"the key in '{key_file}' does not match the certificate in '{cert_file}', "
-                f"or is unreadable or password-protected ({exc})")
-    return None
-
-
-def _check_listen(listen: str) -> str | None:
-    try:
-        _split_listen(listen)
-    except ValueError:
-        return "use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
-    return None
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(listen)
-    return host.strip("[]"), int(port)
 
 
 def _default_state_dir() -> str:

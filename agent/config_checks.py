@@ -1,0 +1,107 @@
+"""Checks of single config values: each returns None when fine, else what is wrong and how
+to fix it (the loader in config.py adds file and line). Pure, apart from reading files the
+config names (certificates, CA bundles, password files).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_EXTERNAL_ID_CHARS = 128
+EXTERNAL_ID_PLACEHOLDER = "{external_id}"  # in tls.cert_file/key_file: one per device
+
+
+def in_range(low: float, high: float):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def check_port(port: int) -> str | None:
+    return None if 1 <= port <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+def check_log_level(level: str) -> str | None:
+    return one_of("debug", "info", "warning", "error")(level)
+
+
+def check_timezone(name: str) -> str | None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone '{name}' (use an IANA name such as Europe/Berlin)"
+    return None
+
+
+def check_device_name(name: str) -> str | None:
+    if DEVICE_NAME_RE.match(name):
+        return None
+    return "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_external_id(external_id: str) -> str | None:
+    if ":" in external_id:
+        return "must not contain ':' (Cumulocity reads it as a client ID separator)"
+    if not external_id.strip() or len(external_id) > MAX_EXTERNAL_ID_CHARS:
+        return f"must be 1-{MAX_EXTERNAL_ID_CHARS} characters"
+    if any(c in external_id for c in "+#/ ") or not external_id.isprintable():
+        return "must not contain '+', '#', '/', spaces or control characters"
+    return None
+
+
+def readable_file(name: str) -> str | None:
+    return None if os.access(name, os.R_OK) else f"cannot read file '{name}'"
+
+
+def for_device(path: str | None, external_id: str) -> str | None:
+    return path.replace(EXTERNAL_ID_PLACEHOLDER, external_id) if path else path
+
+
+def check_ca_file(name: str) -> str | None:
+    if problem := readable_file(name):
+        return problem
+    try:
+        ssl.create_default_context(cafile=name)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"'{name}' holds no usable PEM CA certificate ({exc})"
+    return None
+
+
+def check_key_pair(cert_file: str, key_file: str | None) -> str | None:
+    """None when the private key fits the certificate (and is not password-protected)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            cert_file, key_file, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        return (f"the key in '{key_file}' does not match the certificate in '{cert_file}', "
+                f"or is unreadable or password-protected ({exc})")
+    return None
+
+
+def check_listen(listen: str) -> str | None:
+    try:
+        split_listen(listen)
+    except ValueError:
+        return "use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+    return None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(listen)
+    return host.strip("[]"), int(port)
