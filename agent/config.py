@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus
 MIN_INTERVAL_S = 0.1
+MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
 EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
 
 
@@ -137,7 +139,9 @@ def parse(text: str, path: str = "<string>") -> Config:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [_yaml_problem(exc)]) from None
+        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
     reader = _Reader()
     config = reader.config(root, path)
     if reader.problems:
@@ -145,10 +149,14 @@ def parse(text: str, path: str = "<string>") -> Config:
     return config
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
     mark = getattr(exc, "problem_mark", None)
-    line = mark.line + 1 if mark else 0
-    what = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        line = mark.line + 1
+    else:  # a ReaderError (forbidden character) knows only its position
+        line = text.count("\n", 0, getattr(exc, "position", 0)) + 1
+    what = " ".join(str(getattr(exc, "problem", None) or getattr(exc, "reason", None)
+                        or exc).split())
     return Problem(line, f"not valid YAML: {what} (check indentation, colons and quotes)")
 
 
@@ -167,7 +175,8 @@ class _Reader:
     # -- generic helpers ------------------------------------------------------------------
 
     def error(self, node, message: str) -> None:
-        self.problems.append(Problem(node.start_mark.line + 1 if node else 1, message))
+        line = node.start_mark.line + 1 if node else 1
+        self.problems.append(Problem(line, message.replace("\n", "\\n")))  # one line each
 
     def mapping(self, node, where: str, allowed: tuple[str, ...]) -> dict:
         """The mapping at `node` as {key: value node}; flags unknown and duplicate keys."""
@@ -177,7 +186,9 @@ class _Reader:
             return items
         for key_node, value_node in node.value:
             key = key_node.value
-            if key in items:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(key_node, f"keys in {where} must be plain words, not lists or maps")
+            elif key in items:
                 self.error(key_node, f"duplicate key '{key}' in {where}; keep only one")
             elif key not in allowed:
                 self.error(key_node, f"unknown key '{key}' in {where}{_suggest(key, allowed)}")
@@ -205,7 +216,14 @@ class _Reader:
     def _scalar(self, node):
         if not isinstance(node, yaml.ScalarNode):
             return _Composite()
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except Exception:  # noqa: BLE001 - any tag's constructor can fail on its text
+            return _Unreadable(node.value)  # a bad date, tag or a 5000-digit number
+        if isinstance(value, float) and not math.isfinite(value) or \
+                isinstance(value, int) and abs(value) > MAX_INT:
+            return _Unreadable(node.value)
+        return value
 
     def section(self, top: dict, key: str, allowed: tuple[str, ...]) -> dict:
         node = top.get(key)
@@ -355,10 +373,15 @@ class _Reader:
             return None
         if "password" in items:
             return str(self.value(items, "password", "cumulocity", (str, int)))
-        file_name = self.value(items, "password_file", "cumulocity", str, None, checks.readable_file)
+        file_name = self.value(items, "password_file", "cumulocity", str, None,
+                               checks.readable_file)
         if file_name is None:
             return None
-        return Path(file_name).read_text(encoding="utf-8").strip()
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self.error(items["password_file"], f"cannot read the password file: {exc}")
+            return None
 
     def storage(self, top: dict) -> StorageConfig:
         items = self.section(top, "storage", (
@@ -431,6 +454,16 @@ class _Items(dict):
     def __init__(self, node):
         super().__init__()
         self.node = node
+
+
+class _Unreadable:
+    """Stands for a scalar YAML could not turn into a value (bad tag, date or number)."""
+
+    def __init__(self, text: str):
+        self.text = text[:40]
+
+    def __repr__(self):
+        return f"the unreadable value {self.text!r}"
 
 
 class _Composite:

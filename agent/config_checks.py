@@ -42,7 +42,7 @@ def check_log_level(level: str) -> str | None:
 def check_timezone(name: str) -> str | None:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: e.g. 'Europe' is a folder
         return f"unknown time zone '{name}' (use an IANA name such as Europe/Berlin)"
     return None
 
@@ -64,7 +64,9 @@ def check_external_id(external_id: str) -> str | None:
 
 
 def readable_file(name: str) -> str | None:
-    return None if os.access(name, os.R_OK) else f"cannot read file '{name}'"
+    if "\0" in name or not os.path.isfile(name) or not os.access(name, os.R_OK):
+        return f"cannot read file {name!r} (it must be a readable file)"
+    return None
 
 
 def for_device(path: str | None, external_id: str) -> str | None:

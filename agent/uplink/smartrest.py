@@ -50,7 +50,7 @@ _QUOTED = re.compile(
 )
 _ESCAPE = re.compile(r'((?:\\\\)*+)(?:\\"|"")')
 _SEPARATOR = re.compile(r",|\r?\n|\r?\Z")
-_TEMPLATE_ID = re.compile(r"[0-9]+")
+_TEMPLATE_ID = re.compile(r"0|[1-9][0-9]*")  # "0510" is not template 510
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
