@@ -59,9 +59,17 @@ class Weather:
     day_type: str
 
 
-def day_type_odds(summer: float) -> tuple[float, float]:
-    """(P(clear), P(overcast)) for summerness in [-1, 1]; central European flavour."""
-    return 0.25 + 0.10 * summer, 0.35 - 0.15 * summer
+DRY_BELOW_LATITUDE_DEG = 50.0  # south of this, clear days grow more common (Mediterranean)
+DRY_RAMP_DEG = 12.0  # fully "dry" odds 12 degrees further south (Madrid, Seville)
+
+
+def day_type_odds(summer: float, latitude: float = 52.5) -> tuple[float, float]:
+    """(P(clear), P(overcast)) for summerness in [-1, 1]; central European at 50 degrees
+    and north, shifting towards clear skies further south (a rough fit: Berlin ~1 000,
+    Madrid ~1 450 kWh/kWp a year)."""
+    dry = clamp((DRY_BELOW_LATITUDE_DEG - abs(latitude)) / DRY_RAMP_DEG, 0.0, 1.0)
+    return (0.25 + 0.10 * summer + dry * (0.30 + 0.10 * summer),
+            (0.35 - 0.15 * summer) * (1.0 - 0.7 * dry))
 
 
 def diurnal_shape(solar_hour: float, sunrise_hour: float) -> float:
@@ -97,7 +105,7 @@ def diurnal_c(t: float, latitude: float, longitude: float, clearness: float) -> 
 @lru_cache(maxsize=256)
 def _day_type(key: int, day: int, latitude: float, longitude: float) -> str:
     noon_t = (day + 0.5) * 86400.0 - longitude * 240.0
-    p_clear, p_overcast = day_type_odds(summerness(noon_t, latitude))
+    p_clear, p_overcast = day_type_odds(summerness(noon_t, latitude), latitude)
     u = uniform(key, day)
     return CLEAR if u < p_clear else OVERCAST if u < p_clear + p_overcast else MIXED
 

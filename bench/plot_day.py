@@ -1,0 +1,128 @@
+"""Render one simulated summer day and one winter day of the site's devices to PNG.
+
+For a person to look at: top panel the powers over the local day (PV AC output, heat-pump
+electrical input, household load, grid meter signed: + import, - export), bottom panel
+the outdoor temperature. Uses the pure models (`Household`, no agent processes) at
+2-minute steps. Default days: the first clear day from 21 June and the coldest clear day
+in January of --year (clear = the weather model's day type), so the pictures show a
+full PV bell with export at noon and a cold winter morning with a busy heat pump.
+Needs matplotlib (a dev-only dependency).
+
+    .venv/bin/python bench/plot_day.py [--config etc/c8ysim.yaml] [--out-dir build/plots]
+                                       [--year 2025] [--summer 2025-06-21] [--winter 2025-01-15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agent import config as agent_config  # noqa: E402
+from agent.sim import Site  # noqa: E402
+from agent.sim.clock import solar_days, zone  # noqa: E402
+from agent.sim.household import Household  # noqa: E402
+
+STEP_S = 120.0
+
+
+def local_midnight(day: date, tz_name: str) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=zone(tz_name)).timestamp()
+
+
+def day_type(house: Household, site: Site, day: date) -> str:
+    noon = local_midnight(day, site.timezone) + 12 * 3600.0
+    return house.weather.day_type(math.floor(solar_days(noon, site.longitude)))
+
+
+def default_summer(house: Household, site: Site, year: int) -> date:
+    day = date(year, 6, 21)
+    for _ in range(60):
+        if day_type(house, site, day) == "clear":
+            return day
+        day += timedelta(days=1)
+    return date(year, 6, 21)
+
+
+def default_winter(house: Household, site: Site, year: int) -> date:
+    days = [date(year, 1, d) for d in range(1, 32)]
+    clear = [d for d in days if day_type(house, site, d) == "clear"] or days
+    morning = lambda d: house.weather.at(local_midnight(d, site.timezone) + 7 * 3600.0).temp_c  # noqa: E731
+    return min(clear, key=morning)
+
+
+def plot_day(house: Household, site: Site, day: date, title: str, path: Path) -> dict[str, float]:
+    start = local_midnight(day, site.timezone)
+    end = local_midnight(day + timedelta(days=1), site.timezone)  # 23 or 25 h on DST days
+    hours, pv, hp, load, grid, temp = [], [], [], [], [], []
+    t = start
+    while t < end:
+        s = house.snapshot(t)
+        hours.append((t - start) / 3600.0)
+        pv.append(sum(p.ac_w for p in s.pv.values()) / 1000.0)
+        hp.append(sum(h.power_w for h in s.heatpumps.values()) / 1000.0)
+        load.append(s.load_w / 1000.0)
+        grid.append(s.grid_w / 1000.0)
+        temp.append(s.weather.temp_c)
+        t += STEP_S
+    kind = day_type(house, site, day)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    top.plot(hours, pv, color="orange", label="PV AC output")
+    top.plot(hours, hp, color="tab:red", label="heat pump (electrical)")
+    top.plot(hours, load, color="tab:gray", lw=0.8, label="household load")
+    top.plot(hours, grid, color="tab:blue", lw=1.2, label="grid meter (+ import, - export)")
+    top.fill_between(hours, grid, 0.0, where=[g < 0 for g in grid], color="tab:blue", alpha=0.15,
+                     label="export")
+    top.axhline(0.0, color="black", lw=0.6)
+    top.set_ylabel("power (kW)")
+    top.set_title(f"{title}: {day.isoformat()} ({kind} day), {site.latitude:.2f}, "
+                  f"{site.longitude:.2f}, seed {site.seed}")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.plot(hours, temp, color="tab:green")
+    bottom.set_ylabel("outdoor (C)")
+    bottom.set_xlabel(f"local time ({site.timezone}), h")
+    bottom.set_xlim(0, hours[-1] + STEP_S / 3600.0)
+    bottom.set_xticks(range(0, 25, 3))
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    kwh = STEP_S / 3600.0
+    return {"PV kWh": sum(pv) * kwh, "HP kWh": sum(hp) * kwh, "load kWh": sum(load) * kwh,
+            "grid min kW": min(grid), "grid max kW": max(grid), "T min": min(temp), "T max": max(temp)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "etc" / "c8ysim.yaml"))
+    parser.add_argument("--out-dir", default=str(REPO / "build" / "plots"))
+    parser.add_argument("--year", type=int, default=2025)
+    parser.add_argument("--summer", type=date.fromisoformat, help="YYYY-MM-DD")
+    parser.add_argument("--winter", type=date.fromisoformat, help="YYYY-MM-DD")
+    args = parser.parse_args(argv)
+    site = agent_config.load(args.config).site
+    house = Household(site)
+    days = {"summer": args.summer or default_summer(house, site, args.year),
+            "winter": args.winter or default_winter(house, site, args.year)}
+    for name, day in days.items():
+        path = Path(args.out_dir) / f"day-{name}.png"
+        stats = plot_day(house, site, day, name.capitalize(), path)
+        print(f"{path}  {day}  " + "  ".join(f"{k} {v:.1f}" for k, v in stats.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
