@@ -31,7 +31,7 @@ MODEL_STATE_KEY = "model.state"
 DEVICE_TYPES = {"pv": "c8ysim_PvInverter", "heatpump": "c8ysim_HeatPump",
                 "grid": "c8ysim_GridMeter"}
 EXIT_OK, EXIT_FAILURE = 0, 1
-EXIT_RESTART = 75  # EX_TEMPFAIL: the device restarts itself for a c8y_Restart operation
+EXIT_RESTART = 75  # the device restarts itself for a c8y_Restart (states.EX_RESTART)
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from enum import Enum
 from agent import backoff
 
 EX_CONFIG = 78  # sysexits.h, as agent.config.EX_CONFIG: the child says "never retry me"
+EX_RESTART = 75  # as agent.device.EXIT_RESTART: the child ended itself for a c8y_Restart
 RESTART_BASE_S = 1.0  # first restart delay ceiling; doubles with each failure in a row
 RESTART_CAP_S = 60.0  # longest restart delay
 STABLE_RUN_S = 60.0  # a process that ran this long starts the backoff afresh when it dies
@@ -131,6 +132,8 @@ def next_state(state: ChildState, event: Event, now: float, history: tuple[Death
 
 def _after_death(now: float, history: tuple[Death, ...], code: int, ran_s: float,
                  policy: Policy, rng: random.Random) -> Step:
+    if code == EX_RESTART:  # asked for by an operation: respawn now, not a failure
+        return Step(S.STARTING, A.SPAWN, history=history, reason="restart operation")
     history = (history + (Death(now, ran_s, code),))[-MAX_DEATHS_KEPT:]
     if code == EX_CONFIG:
         return Step(S.FATAL, history=history,

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from agent import backoff, config
-from agent.states import (EX_CONFIG, TABLE, Action, ChildState, Death, Event, Policy,
+from agent.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event, Policy,
                           failures_in_a_row, next_state, quick_deaths)
 
 S, E, A = ChildState, Event, Action
@@ -162,3 +162,10 @@ def test_jitter_spreads_restarts():
     rng = random.Random(7)
     delays = {round(backoff.equal_jitter(6, 1.0, 60.0, rng), 3) for _ in range(50)}
     assert len(delays) > 40
+
+
+def test_a_restart_operation_exit_respawns_at_once_and_is_no_death():
+    history = (Death(0.0, 1.0, 1),)
+    step = next_state(ChildState.RUNNING, Event.DIED, 5.0, history, code=EX_RESTART, ran_s=3.0)
+    assert (step.state, step.action) == (ChildState.STARTING, Action.SPAWN)
+    assert step.history == history
