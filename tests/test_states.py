@@ -8,8 +8,8 @@ import random
 import pytest
 
 from agent import backoff, config
-from agent.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event, Policy,
-                          failures_in_a_row, next_state, quick_deaths)
+from agent.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event,
+                          Policy, failures_in_a_row, next_state, quick_deaths)
 
 S, E, A = ChildState, Event, Action
 POLICY = Policy(base_s=1.0, cap_s=60.0, stable_run_s=60.0, quick_run_s=10.0,
