@@ -270,7 +270,8 @@ class _Reader:
         household = self.params(top.get("household"), "household", sim.HOUSEHOLD_PARAMS)
         return sim.Site(
             latitude=self.value(items, "latitude", "site", float, 52.52, checks.in_range(-90, 90)),
-            longitude=self.value(items, "longitude", "site", float, 13.40, checks.in_range(-180, 180)),
+            longitude=self.value(items, "longitude", "site", float, 13.40,
+                                 checks.in_range(-180, 180)),
             timezone=self.value(items, "timezone", "site", str, "UTC", checks.check_timezone),
             seed=self.value(items, "seed", "site", int, 1),
             household=household,
@@ -387,7 +388,8 @@ class _Reader:
         items = self.section(top, "storage", (
             "backend", "path", "dsn", "max_records", "max_age_hours", "synchronous"))
         where, defaults = "storage", StorageConfig()
-        backend = self.value(items, "backend", where, str, "sqlite", checks.one_of("sqlite", "postgres"))
+        backend = self.value(items, "backend", where, str, "sqlite",
+                             checks.one_of("sqlite", "postgres"))
         dsn = self.value(items, "dsn", where, str, None)
         if backend == "postgres" and not dsn:
             self.error(items.node, "storage.backend is postgres: set storage.dsn "
@@ -397,7 +399,8 @@ class _Reader:
             path=self.value(items, "path", where, str, _default_state_dir(), checks.non_empty),
             dsn=dsn,
             max_records=self.value(
-                items, "max_records", where, int, defaults.max_records, checks.in_range(100, 10**9)),
+                items, "max_records", where, int, defaults.max_records,
+                checks.in_range(100, 10**9)),
             max_age_hours=self.value(
                 items, "max_age_hours", where, float, defaults.max_age_hours, checks.positive),
             synchronous=self.value(
