@@ -78,6 +78,7 @@ def _run(args) -> int:
     logs.setup(cfg.log_level, "supervisor")
     # Import the device side here, before any fork: the children share these pages.
     from agent import device, http, notify, supervisor
+    from agent.storage import memory, sqlite, tiered  # noqa: F401 - preloaded likewise
 
     try:
         agent = supervisor.Supervisor(cfg, device.run_child, http.build_app, config.load,

@@ -215,7 +215,10 @@ class Supervisor:
     def _fork(self, name: str, parent_end: socket.socket, child_end: socket.socket) -> int | None:
         """fork(); the child runs `run_child` and never returns here. None: fork failed."""
         gc.collect()
-        gc.freeze()  # keep the shared pages shared: a child's GC won't touch frozen objects
+        # Frozen objects are never touched by the cyclic GC, in the children nor here: the
+        # pages they sit on stay shared. They stay frozen in the supervisor too (unfreezing
+        # would let its next collection write to every one of those shared pages).
+        gc.freeze()
         # Blocked across fork(): a signal landing in the child before it resets its handlers
         # would otherwise be written to the wake-up socket it shares with us.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -228,7 +231,6 @@ class Supervisor:
             parent_end.close()
             self._become_child(name, child_end, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        gc.unfreeze()
         return pid
 
     def _become_child(self, name: str, heartbeat: socket.socket, mask) -> None:
