@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 
 from agent import config, status_view as sv
 
@@ -39,6 +37,9 @@ def run(args) -> int:
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return config.EX_CONFIG
+    import urllib.error  # here, not at the top: `c8ysim run` would pay ~16 ms for it
+    import urllib.request
+
     address = _address(cfg.status.host, cfg.status.port)
     try:
         with urllib.request.urlopen(f"http://{address}/api/status", timeout=TIMEOUT_S) as r:
