@@ -133,3 +133,18 @@ def test_stop_takes_children_down_even_when_one_ignores_term(tmp_path, mosquitto
     assert agent.stop(timeout=15) == 0
     assert time.monotonic() - started < 10.5
     assert not os.path.exists(f"/proc/{stuck}") or _is_zombie_free(stuck)
+
+
+def test_readings_keep_their_pace_while_the_broker_refuses(tmp_path, agent_factory):
+    """Failed connect attempts must not stall the tick loop (no broker on the port)."""
+    status_port = free_port()
+    agent = agent_factory(write_config(tmp_path, free_port(), status_port, interval_s=0.2),
+                          status_port).start()
+    wait_until(lambda: all((d.get("queued") or 0) >= 1 for d in agent.devices().values()), 10,
+               what="first readings")
+    before = {name: d["queued"] for name, d in agent.devices().items()}
+    time.sleep(6.0)
+    after = {name: d["queued"] for name, d in agent.devices().items()}
+    for name in NAMES:
+        assert after[name] - before[name] >= 24, (name, before[name], after[name])  # of ~30
+    assert agent.stop() == 0

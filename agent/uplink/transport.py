@@ -134,10 +134,7 @@ class Connection:
 
     def _install_callbacks(self) -> None:
         client = self.client
-        # paho calls on_connect_fail from inside its `except OSError` around the connect (1.6
-        # and 2.x alike), so the exception that ended the attempt is still being handled.
-        client.on_connect_fail = lambda _c, _u: self._post(
-            ConnectFailed, describe_connect_error(sys.exc_info()[1]))
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = lambda _c, _u, msg: self._post(Message, msg.topic, msg.payload)
         if PAHO_2:
             client.on_connect = lambda _c, _u, _f, rc, _p=None: self._on_connack(rc)
@@ -154,6 +151,15 @@ class Connection:
             client.on_publish = lambda _c, _u, mid: self._post(Published, mid)
             client.on_subscribe = lambda _c, _u, mid, granted: self._post(
                 Subscribed, mid, tuple(q != SUBACK_FAILURE for q in granted))
+
+    def _on_connect_fail(self, client, _userdata) -> None:
+        # paho calls this from inside its `except OSError` around the connect (1.6 and 2.x
+        # alike), so the exception that ended the attempt is still being handled.
+        reason = describe_connect_error(sys.exc_info()[1])
+        # Without this paho's thread sleeps in 1 s steps before its own retry, and close()
+        # (in the device loop) would wait for it: no readings while the broker is away.
+        client.disconnect()
+        self._post(ConnectFailed, reason)
 
     def _on_connack(self, rc) -> None:
         ok, reason, auth_failed = _describe_connack(rc)
