@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from agent import __version__, config, diag, logs, status_cli
+from agent import __version__, buffer_cli, config, diag, logs, status_cli
 
 EXIT_USAGE = 2
 
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--device", required=True, help="device name from the config")
     backfill.add_argument("--since", required=True, help="how far back, e.g. 24h, 90m, 7d")
     backfill.set_defaults(handler=_backfill)
+    buffer_cli.add_parser(commands)
     diag.add_parser(commands)
     return parser
 
