@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from conftest import Mosquitto, free_port  # noqa: E402
+from conftest import Mosquitto, free_port, write_config  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
@@ -122,22 +122,6 @@ def device_list(count: int) -> list[tuple[str, str]]:
     return devices[:count]
 
 
-def write_config(directory: Path, broker_port: int, status_port: int, interval_s: float,
-                 count: int) -> Path:
-    device_lines = "".join(f"  - {{name: {name}, type: {kind}, interval_s: {interval_s}}}\n"
-                           for name, kind in device_list(count))
-    path = directory / "c8ysim.yaml"
-    path.write_text(
-        "site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"
-        f"cumulocity: {{host: 127.0.0.1, port: {broker_port}, tenant: t1, user: u, "
-        "password: secret, reconnect_max_s: 2}\n"
-        f"storage: {{path: {directory / 'state'}}}\n"
-        f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
-        "log_level: warning\n"
-        "devices:\n" + device_lines)
-    return path
-
-
 class NotifySocket:
     """An AF_UNIX datagram socket standing in for systemd's notify socket."""
 
@@ -181,7 +165,7 @@ class AgentRun:
         self.status_port = free_port()
         self.count = count
         self.config = write_config(self.workdir, broker_port, self.status_port, interval_s,
-                                   count)
+                                   devices=device_list(count), extra="log_level: warning\n")
         self.notify = notify
         self.proc: subprocess.Popen | None = None
         self.log = open(self.workdir / "agent.log", "ab")
