@@ -13,11 +13,9 @@ active alarm per type; replayed raises would fight the live state); events are k
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 
 from agent import sim
-from agent.device import MODEL_STATE_KEY
 from agent.uplink import smartrest
 
 REGISTER_SERIES = ("A+", "A-")
@@ -71,14 +69,6 @@ def rows(history: list[sim.Reading], queued_at: float):
         lines += [smartrest.event(event, reading.time) for event in reading.events]
         for line in lines:
             yield smartrest.UPSTREAM_TOPIC, line.encode(), queued_at
-
-
-def current_state(buffer) -> dict | None:
-    saved = buffer.get_meta(MODEL_STATE_KEY)
-    try:
-        return json.loads(saved) if saved else None
-    except ValueError:
-        return None
 
 
 def store(buffer, history: list[sim.Reading], queued_at: float) -> int:

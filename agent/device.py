@@ -47,19 +47,10 @@ class Device:
         self.heartbeat, self.parent_pid = heartbeat, parent_pid
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.model = sim.build_model(config.site, device.name)
-        self.model_state = self._load_model_state()
+        self.model_state = load_model_state(buffer) or self.model.initial_state()
         self.session = self._build_session()
         self.last_reading: dict | None = None
         self.running = True
-
-    def _load_model_state(self) -> dict:
-        saved = self.buffer.get_meta(MODEL_STATE_KEY)
-        if saved:
-            try:
-                return json.loads(saved)
-            except ValueError:
-                log.error("stored model state is unreadable; energy registers restart at 0")
-        return self.model.initial_state()
 
     def _build_session(self) -> Session | None:
         c8y = self.config.cumulocity
@@ -169,6 +160,18 @@ class Device:
         if self.session:
             self.session.close()
         self.buffer.close()
+
+
+def load_model_state(buffer: Buffer) -> dict | None:
+    """The model state (energy registers) the device last stored; None if there is none."""
+    saved = buffer.get_meta(MODEL_STATE_KEY)
+    if not saved:
+        return None
+    try:
+        return json.loads(saved)
+    except ValueError:
+        log.error("stored model state is unreadable; energy registers restart at 0")
+        return None
 
 
 def _slot(t: float, interval_s: float) -> float:

@@ -140,6 +140,7 @@ def _become_state_owner(cfg: config.Config) -> None:
 def _backfill(args) -> int:
     """Generate the device's readings from `--since` ago until now into its buffer."""
     from agent import backfill
+    from agent.device import load_model_state
     from agent.storage import open_buffer
 
     cfg = _load_or_report(config.config_path(args.config))
@@ -156,7 +157,7 @@ def _backfill(args) -> int:
     buffer = open_buffer(cfg.storage, device.name)
     now = time.time()
     history = backfill.readings(cfg.site, device.name, now - span_s, now, device.interval_s,
-                                backfill.current_state(buffer))
+                                load_model_state(buffer))
     count = backfill.store(buffer, history, now)
     buffer.close()
     print(f"queued {len(history)} readings ({count} lines) of {device.name} from the last "

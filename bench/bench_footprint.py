@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from conftest import Mosquitto, free_port, write_config  # noqa: E402
+from conftest import Mosquitto, children_of, free_port, write_config  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
@@ -58,14 +58,6 @@ TARGET_START_RATIO = 1.5
 
 
 # -- /proc --------------------------------------------------------------------------------
-
-def children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
 
 def tree(pid: int) -> list[int]:
     """`pid` and all its descendants."""
