@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agent import __version__, logs, processes
+from agent import __version__, logs, processes, wallclock
 from agent.config import Config, ConfigError
 from agent.notify import Notifier
 from agent.states import IDLE, Action, ChildState, Death, Event, Policy, next_state
@@ -86,7 +86,8 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.children: dict[str, Child] = {}
         self.pid = os.getpid()
-        self.started = time.time()
+        self.started, self.started_monotonic = time.time(), time.monotonic()
+        self.clock = wallclock.StepWatch()
         self.stopping_since: float | None = None
         self.last_turn = time.monotonic()
         self.rng = random.Random()
@@ -122,6 +123,8 @@ class Supervisor:
         self._reap()
         self._check_children(now)
         self._start_due(now)
+        if step_s := self.clock.check():
+            log.warning("%s", wallclock.describe(step_s))
         if self.server:
             self.server.expire(now)
         self._pet(now)
@@ -425,7 +428,7 @@ class Supervisor:
         c8y = self.config.cumulocity
         return {
             "agent": {"version": __version__, "pid": self.pid, "started": self.started,
-                      "uptime_s": round(time.time() - self.started, 1),
+                      "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
                       "config": self.config.path,
                       "uplink": f"{c8y.host}:{c8y.port}" if c8y else "not configured"},
             "devices": [self._device_status(c) for c in self.children.values()],

@@ -23,10 +23,18 @@ time, so they are told apart by the measurement that precedes them.
 Also reported: duplicates (received more than once: allowed, at-least-once), out-of-order
 (a first-seen measurement older than one seen before it), the max delivery delay (first
 receipt minus the measurement's own time), and the largest gap between consecutive
-measurement times of a device, and the ticks missing by continuity (gaps above 1.5 x
-interval_s): where no child was down this is a second, independent loss check; after a
+measurement times of a device (and from its last one to the stop), and the ticks missing by
+continuity (gaps above 1.5 x interval_s): where no child was down this is a second, independent loss check; after a
 kill -9 the gap is legitimate (nothing was generated while the child was down), and a loop
 that stalled skips ticks by design ("do not burst"), so it is reported, not asserted.
+
+Wall-clock steps (`ClockSteps`): the devices stamp readings with their own wall clock, which
+the test steps by whole hours while the agent runs. Every timestamp is mapped back to the real
+time it was taken at (timestamp - the offset in force then; the runs are far shorter than the
+steps, so the phase is never ambiguous) and all the checks above use that time. A timestamp
+that fits no phase (a reading invented for a skipped span, say) is counted as *unplaced*. Also
+counted everywhere: energy registers (kWh series) that decrease from one measurement to the
+next in delivery order.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ class DeviceCount:
     max_gap_s: float = 0.0
     missed_ticks: int = 0       # ticks missing by continuity (gaps > 1.5 x interval)
     measurements: int = 0
+    unplaced: int = 0           # timestamps that fit no phase of the wall clock
+    register_decreases: int = 0  # a kWh series lower than in the measurement before it
 
 
 @dataclasses.dataclass
@@ -90,6 +100,8 @@ class Result:
                 f"ooo={self.total('out_of_order')} pending={self.total('pending')} "
                 f"extra={self.total('extra')} max_delay={self.total('max_delay_s'):.2f}s "
                 f"max_gap={self.total('max_gap_s'):.1f}s missed={self.total('missed_ticks')} "
+                f"unplaced={self.total('unplaced')} "
+                f"register_decreases={self.total('register_decreases')} "
                 f"recovered="
                 f"{'yes' if self.recovered else 'NO'} ({self.duration_s:.0f} s) {self.note}")
 
@@ -104,14 +116,35 @@ def iso_to_epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+class ClockSteps:
+    """The offsets the agent's wall clock had, from which real time on: maps timestamps back."""
+
+    def __init__(self):
+        self.phases: list[tuple[float, float]] = [(time.time(), 0.0)]  # (real start, offset)
+
+    def record(self, offset_s: float) -> None:
+        """The agent's wall clock is real time + `offset_s` from now on."""
+        self.phases.append((time.time(), offset_s))
+
+    def real_time(self, stamp: float, slack_s: float) -> float | None:
+        """The real time a reading stamped `stamp` was taken at; None if no phase fits."""
+        if len(self.phases) == 1:
+            return stamp  # the clock was never stepped
+        ends = [start for start, _ in self.phases[1:]] + [time.time()]
+        for (start, offset), end in zip(self.phases, ends):
+            if start - slack_s <= stamp - offset <= end + slack_s:
+                return stamp - offset
+        return None
+
+
 class Collector:
     """Counts what every device sent to any of the registered fake tenants."""
 
-    def __init__(self, clients: dict[str, str]):
+    def __init__(self, clients: dict[str, str], steps: ClockSteps | None = None):
         self.clients = clients             # device name -> MQTT client id
         self.tenants: list[FakeTenant] = []
-        # monotonic -> wall clock (same host clock; no clock jumps in these scenarios)
-        self.wall_offset = time.time() - time.monotonic()
+        self.steps = steps or ClockSteps()  # of the agent's clock; the test's is never stepped
+        self.wall_offset = time.time() - time.monotonic()  # the test's monotonic -> its wall
 
     def add_tenant(self, tenant: FakeTenant) -> None:
         self.tenants.append(tenant)
@@ -130,12 +163,16 @@ class Collector:
                     out.append((rec.time + self.wall_offset, line.fields, line.raw))
         return out
 
-    def count(self, device: str, state_dir: Path, interval_s: float) -> DeviceCount:
+    def count(self, device: str, state_dir: Path, interval_s: float,
+              stopped_at: float | None = None) -> DeviceCount:
+        """Counts of one device; `stopped_at` (real time the agent was told to stop) adds the
+        gap after its last reading, so a device that stopped reading early shows too."""
         result = DeviceCount(device)
         seen: dict[tuple, float] = {}
         last_time: str | None = None
         newest = float("-inf")
         times: list[float] = []
+        registers: dict[str, float] = {}
         for received_at, fields, raw in self.stream(self.clients[device]):
             result.received += 1
             if fields[0] == "201":
@@ -147,18 +184,29 @@ class Collector:
             seen[key] = received_at
             if fields[0] != "201":
                 continue
-            t = iso_to_epoch(fields[2])
             result.measurements += 1
+            result.register_decreases += _register_decreases(fields, registers)
+            t = self.steps.real_time(iso_to_epoch(fields[2]), slack_s=interval_s + 1.0)
+            if t is None:
+                result.unplaced += 1
+                continue
             if t < newest:
                 result.out_of_order += 1
             newest = max(newest, t)
             times.append(t)
             result.max_delay_s = max(result.max_delay_s, received_at - t)
         buffered = read_buffer(state_dir / f"{device}.sqlite3")
-        times += [iso_to_epoch(line.split(",")[2]) for line in buffered["outbox"]
-                  if line.startswith("201,")]  # still buffered: generated, not missed
+        for line in buffered["outbox"]:  # still buffered: generated, not missed
+            if line.startswith("201,"):
+                t = self.steps.real_time(iso_to_epoch(line.split(",")[2]), interval_s + 1.0)
+                if t is None:
+                    result.unplaced += 1
+                else:
+                    times.append(t)
         times.sort()
         gaps = [b - a for a, b in zip(times, times[1:])]
+        if stopped_at is not None and times:
+            gaps.append(stopped_at - times[-1])
         result.max_gap_s = max(gaps, default=0.0)
         result.missed_ticks = sum(round(g / interval_s) - 1 for g in gaps
                                   if g > GAP_FACTOR * interval_s)
@@ -173,6 +221,19 @@ class Collector:
         result.lost = max(0, result.generated - accounted)
         result.extra = max(0, accounted - result.generated)
         return result
+
+
+def _register_decreases(fields: list[str], registers: dict[str, float]) -> int:
+    """1 if a kWh series of this 201 line is below its value in the previous one, else 0."""
+    decreased = 0
+    for i in range(3, len(fields) - 3, 4):  # 201,type,time then fragment,series,value,unit
+        fragment, series, value, unit = fields[i:i + 4]
+        if unit != "kWh":
+            continue
+        name, kwh = f"{fragment}.{series}", float(value)
+        decreased |= kwh < registers.get(name, float("-inf"))
+        registers[name] = kwh
+    return int(decreased)
 
 
 def read_buffer(path: Path) -> dict:
@@ -204,9 +265,14 @@ def write_report(path: Path, results: list[Result], mode: str, header: str) -> N
             "(nothing is generated while a child is down); elsewhere they mean the device loop "
             "stalled and skipped ticks — readings never generated, not lost ones. *Recovered "
             "by itself*: after the last fault every device reconnected and drained its backlog "
-            "with no help from the test, its buffer no longer degraded.", "", TABLE_HEAD]
+            "with no help from the test, its buffer no longer degraded. *Wall clock*: only the agent's "
+            "wall clock is stepped (CLOCK_REALTIME, through the LD_PRELOAD library "
+            "`tests/clockshift.c`; its monotonic clock and the host's clock stay real); every "
+            "timestamp is mapped back to the real time it was taken at, so gaps, order and "
+            "delay are measured on the real time line. In every scenario no energy register "
+            "decreased and no timestamp fell outside the clock's phases.", "", TABLE_HEAD]
     text += [r.row() for r in results]
     text += ["", "How loss is detected and its limits: see the docstring of "
-             "`tests/chaos_collector.py`. Not covered yet: wall clock jumps (±1 h).", ""]
+             "`tests/chaos_collector.py`.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))

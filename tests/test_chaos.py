@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos_collector import Collector, Result, write_report
+from chaos_collector import ClockSteps, Collector, Result, write_report
+from clockshift import WallClock
 from conftest import REPO, Agent, free_port, wait_until
 from fake_tenant import FakeTenant
 from fault_proxy import FaultProxy
@@ -36,6 +37,7 @@ SCENARIO_TIMEOUT_S = 900 if LONG else 120
 DRAINED_MAX_QUEUED = 3  # a row or two of the current tick may be in flight at any moment
 RESTART_WAIT_S = 90.0  # RESTART_CAP_S (60 s) of the supervisor's backoff, and a reconnect
 DISK_KIB = 24 * 1024  # the tmpfs that fills up
+MAX_CLOCK_STEP_GAP_S = 1.0  # 5 ticks at 0.2 s; a stall through one phase is 4 s or more
 RESULTS: list[Result] = []
 
 
@@ -61,10 +63,11 @@ def write_chaos_config(directory: Path, port: int, status_port: int, interval_s:
 class Rig:
     """Fake tenant(s) behind a fault proxy, the agent, and the collector; all torn down."""
 
-    def __init__(self, workdir: Path, interval_s: float, state_dir: Path | None = None):
-        self.workdir, self.interval_s = workdir, interval_s
+    def __init__(self, workdir: Path, interval_s: float, state_dir: Path | None = None,
+                 env: dict | None = None, steps: ClockSteps | None = None):
+        self.workdir, self.interval_s, self.env = workdir, interval_s, env
         self.state_dir = state_dir or workdir / "state"
-        self.collector = Collector(CLIENTS)
+        self.collector = Collector(CLIENTS, steps)
         self.tenants: list[FakeTenant] = []
         self.tenant = self._new_tenant()
         self.proxy = FaultProxy(self.tenant.port)
@@ -85,7 +88,7 @@ class Rig:
         status_port = free_port()  # a fresh port: a killed agent's socket may linger
         config = write_chaos_config(self.workdir, self.proxy.port, status_port,
                                     self.interval_s, self.state_dir)
-        self.agent = Agent(config, status_port)
+        self.agent = Agent(config, status_port, self.env)
         self.agents.append(self.agent)
         self.agent.start()
         return self.agent
@@ -155,12 +158,13 @@ class Rig:
             recovered = True
         except AssertionError:
             recovered = False
+        stopped_at = time.time()
         try:
             self.exit_codes.append(self.agent.stop(15))
         except subprocess.TimeoutExpired:
             self.exit_codes.append(-1)  # did not stop within 15 s of SIGTERM
         self.close()
-        counts = [self.collector.count(name, self.state_dir, self.interval_s)
+        counts = [self.collector.count(name, self.state_dir, self.interval_s, stopped_at)
                   for name, _ in DEVICES]
         violations = sum(len(t.violations) for t in self.tenants)
         if self.exit_codes[-1] != 0:
@@ -183,8 +187,8 @@ class Rig:
 def rig_factory(tmp_path):
     rigs: list[Rig] = []
 
-    def make(interval_s: float = 0.2, state_dir: Path | None = None) -> Rig:
-        rig = Rig(tmp_path, interval_s, state_dir)
+    def make(interval_s: float = 0.2, state_dir: Path | None = None, **options) -> Rig:
+        rig = Rig(tmp_path, interval_s, state_dir, **options)
         rigs.append(rig)
         return rig
 
@@ -199,6 +203,8 @@ def check(result: Result, rig: Rig) -> None:
     assert result.total("lost") == 0, f"readings lost:\n{details}\n{_log_tail(rig)}"
     assert result.total("extra") == 0, f"received lines the buffers never held:\n{details}"
     assert result.total("out_of_order") == 0, details
+    assert result.total("unplaced") == 0, f"timestamps from no phase of the clock:\n{details}"
+    assert result.total("register_decreases") == 0, f"an energy register went down:\n{details}"
     assert result.recovered, f"did not recover by itself:\n{rig.devices()}\n{_log_tail(rig)}"
     assert rig.exit_codes[-1] == 0, _log_tail(rig)
 
@@ -351,6 +357,35 @@ def test_disk_full_for_a_while(rig_factory, tmp_path):
         check(result, rig)
 
 
+@timeout
+def test_wall_clock_steps(rig_factory, tmp_path):
+    """The agent's wall clock (only its own) steps +1 h, -1 h, -1 h, +1 h while it runs."""
+    clock = WallClock(tmp_path / "clockshift")
+    steps = ClockSteps()
+    rig = rig_factory(env=clock.env, steps=steps)
+    try:
+        rig.start_agent()
+        rig.wait_online()
+        cycles, phase_s = n(1, 5), n(4, 15)
+        for _ in range(cycles):
+            for step_s in (3600.0, -3600.0, -3600.0, 3600.0):
+                time.sleep(phase_s)
+                clock.step(step_s)
+                steps.record(clock.offset_s)
+        time.sleep(phase_s)
+        result = rig.finish("wall clock", f"{4 * cycles}x stepped by ±1 h (+, -, -, +)")
+    finally:
+        clock.close()
+    check(result, rig)
+    # Neither stalled (a loop waiting for the old next slot would sleep an hour) nor burst
+    # (one filling the skipped hour gives unplaced timestamps): on the real time line no
+    # reading is further than a few ticks (scheduling on a busy machine) from the next.
+    assert result.total("max_gap_s") <= MAX_CLOCK_STEP_GAP_S, result.devices
+    logged = rig.agent.log_text()
+    assert logged.count("the wall clock stepped forward by 3600") == 2 * cycles, logged[-3000:]
+    assert logged.count("the wall clock stepped back by 3600") == 2 * cycles, logged[-3000:]
+
+
 def test_collector_counts_loss_duplicates_disorder_and_pending(tmp_path):
     """The counting itself, on a hand-made buffer file and tenant record (no agent)."""
     import sqlite3
@@ -380,6 +415,42 @@ def test_collector_counts_loss_duplicates_disorder_and_pending(tmp_path):
     assert (count.generated, count.distinct, count.pending) == (10, 7, 1)
     assert (count.lost, count.duplicates, count.out_of_order, count.extra) == (2, 2, 1, 0)
     assert count.missed_ticks == 2 and count.max_gap_s == 3.0  # 6 -> 9 (pending): 7, 8 missing
+
+
+def test_collector_places_stepped_timestamps_and_sees_registers_go_down(tmp_path):
+    """Timestamps map back through the clock's phases; a kWh series going down is counted."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from chaos_collector import iso_to_epoch
+
+    steps = ClockSteps()
+    start = time.time() - 100.0  # as record() would have noted them over the last 100 s
+    steps.phases = [(start, 0.0), (start + 10.0, 3600.0), (start + 20.0, -3600.0)]
+
+    def line(real_s: float, offset_s: float, kwh: float) -> str:
+        stamp = datetime.fromtimestamp(start + real_s + offset_s, timezone.utc).isoformat()
+        return f"201,c8ysim_GridMeter,{stamp},c8y_E,import,{kwh},kWh"
+
+    sent = [line(5, 0, 1.0), line(15, 3600, 2.0), line(25, -3600, 1.5),  # 1.5 < 2.0: down
+            line(12, -3600, 3.0)]  # real 12 s is in the +1 h phase: no phase fits it
+    assert steps.real_time(iso_to_epoch(sent[1].split(",")[2]), 1.0) == pytest.approx(start + 15)
+    db = sqlite3.connect(tmp_path / "grid-meter.sqlite3")
+    db.executescript("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, "
+                     "payload BLOB, created REAL); CREATE TABLE quarantine (id INTEGER);"
+                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.executemany("INSERT INTO outbox (topic, payload, created) VALUES ('s/us', ?, 0)",
+                   [(text.encode(),) for text in sent])
+    db.execute("DELETE FROM outbox")
+    db.commit()
+    db.close()
+    records = [SimpleNamespace(kind="publish", accepted=True, topic="s/us", time=float(i),
+                               text=text) for i, text in enumerate(sent)]
+    collector = Collector({"grid-meter": "c8ysim-grid-meter"}, steps)
+    collector.add_tenant(SimpleNamespace(records=lambda client: records))
+    count = collector.count("grid-meter", tmp_path, interval_s=1.0)
+    assert (count.lost, count.out_of_order, count.unplaced) == (0, 0, 1)
+    assert count.register_decreases == 1
 
 
 # -- the published table ----------------------------------------------------------------------

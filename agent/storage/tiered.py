@@ -159,7 +159,7 @@ class TieredBuffer:
         oldest = next((c.oldest_created for c in parts if c.depth and c.oldest_created), None)
         return BufferStats(
             depth=sum(c.depth for c in parts),
-            oldest_age_s=None if oldest is None else now - oldest,
+            oldest_age_s=None if oldest is None else max(0.0, now - oldest),
             bytes=sum(c.bytes for c in parts), dropped=sum(c.dropped for c in parts),
             quarantined=sum(c.quarantined for c in parts), degraded=self._degraded(),
             backend=self.backend)
