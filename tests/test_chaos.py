@@ -75,6 +75,7 @@ class Rig:
         self.agents: list[Agent] = []
         self.started = time.monotonic()
         self.exit_codes: list[int] = []
+        self.last_seen: dict = {}  # the status the recovery check last saw (for failures)
 
     def _new_tenant(self) -> FakeTenant:
         tenant = FakeTenant(CREDENTIALS).start()
@@ -145,7 +146,7 @@ class Rig:
     # -- the end ------------------------------------------------------------------------------
 
     def drained(self) -> bool:
-        devices = self.devices()
+        devices = self.last_seen = self.devices()
         return (len(devices) == len(DEVICES)
                 and all(d.get("connected") and not d.get("degraded")
                         and (d.get("queued") or 0) <= DRAINED_MAX_QUEUED
@@ -201,7 +202,9 @@ def check(result: Result, rig: Rig) -> None:
     details = "\n".join(f"  {d}" for d in result.devices)
     assert result.total("generated") > 0, details
     assert result.total("lost") == 0, f"readings lost:\n{details}\n{_log_tail(rig)}"
-    assert result.total("extra") == 0, f"received lines the buffers never held:\n{details}"
+    assert result.total("extra") == 0, (f"received lines the buffers never held:\n{details}\n"
+                                        f"status when recovered: {rig.last_seen}\n"
+                                        f"{_log_tail(rig, 80)}")
     assert result.total("out_of_order") == 0, details
     assert result.total("unplaced") == 0, f"timestamps from no phase of the clock:\n{details}"
     assert result.total("register_decreases") == 0, f"an energy register went down:\n{details}"
