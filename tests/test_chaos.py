@@ -389,31 +389,39 @@ def test_wall_clock_steps(rig_factory, tmp_path):
     assert logged.count("the wall clock stepped back by 3600") == 2 * cycles, logged[-3000:]
 
 
-def test_collector_counts_loss_duplicates_disorder_and_pending(tmp_path):
-    """The counting itself, on a hand-made buffer file and tenant record (no agent)."""
+def _collector_over(directory: Path, generated: list[str], acked_below_id: int,
+                    sent: list[str], steps: ClockSteps | None = None) -> Collector:
+    """A collector over a hand-made buffer file of `grid-meter` (rows below `acked_below_id`
+    acked) and a tenant that received `sent` in that order."""
     import sqlite3
     from types import SimpleNamespace
 
-    def line(second: int) -> str:
-        return f"201,c8ysim_GridMeter,2026-11-29T10:00:{second:02d}.000+00:00,c8y_P,P,1.5,W"
-
-    generated = [line(s) for s in range(10)]
-    db = sqlite3.connect(tmp_path / "grid-meter.sqlite3")
+    db = sqlite3.connect(directory / "grid-meter.sqlite3")
     db.executescript("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, "
                      "payload BLOB, created REAL); CREATE TABLE quarantine (id INTEGER);"
                      "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
     db.executemany("INSERT INTO outbox (topic, payload, created) VALUES ('s/us', ?, 0)",
-                   [(g.encode(),) for g in generated])
-    db.execute("DELETE FROM outbox WHERE id < 10")  # acked; row 10 (second 9) is pending
+                   [(line.encode(),) for line in generated])
+    db.execute("DELETE FROM outbox WHERE id < ?", (acked_below_id,))
     db.commit()
     db.close()
-    # received: 0-4, then a resend of 3-4 (duplicates), 6 before 5 (disorder); 7 and 8 lost
-    sent = [generated[i] for i in (0, 1, 2, 3, 4, 3, 4, 6, 5)]
     records = [SimpleNamespace(kind="publish", accepted=True, topic="s/us", time=float(i),
                                text=text) for i, text in enumerate(sent)]
-    tenant = SimpleNamespace(records=lambda client: records)
-    collector = Collector({"grid-meter": "c8ysim-grid-meter"})
-    collector.add_tenant(tenant)
+    collector = Collector({"grid-meter": "c8ysim-grid-meter"}, steps)
+    collector.add_tenant(SimpleNamespace(records=lambda client: records))
+    return collector
+
+
+def test_collector_counts_loss_duplicates_disorder_and_pending(tmp_path):
+    """The counting itself, on a hand-made buffer file and tenant record (no agent)."""
+    def line(second: int) -> str:
+        return f"201,c8ysim_GridMeter,2026-11-29T10:00:{second:02d}.000+00:00,c8y_P,P,1.5,W"
+
+    generated = [line(s) for s in range(10)]
+    # acked up to row 9; row 10 (second 9) is pending.
+    # received: 0-4, then a resend of 3-4 (duplicates), 6 before 5 (disorder); 7 and 8 lost
+    sent = [generated[i] for i in (0, 1, 2, 3, 4, 3, 4, 6, 5)]
+    collector = _collector_over(tmp_path, generated, acked_below_id=10, sent=sent)
     count = collector.count("grid-meter", tmp_path, interval_s=1.0)
     assert (count.generated, count.distinct, count.pending) == (10, 7, 1)
     assert (count.lost, count.duplicates, count.out_of_order, count.extra) == (2, 2, 1, 0)
@@ -422,9 +430,6 @@ def test_collector_counts_loss_duplicates_disorder_and_pending(tmp_path):
 
 def test_collector_places_stepped_timestamps_and_sees_registers_go_down(tmp_path):
     """Timestamps map back through the clock's phases; a kWh series going down is counted."""
-    import sqlite3
-    from types import SimpleNamespace
-
     from chaos_collector import iso_to_epoch
 
     steps = ClockSteps()
@@ -438,19 +443,8 @@ def test_collector_places_stepped_timestamps_and_sees_registers_go_down(tmp_path
     sent = [line(5, 0, 1.0), line(15, 3600, 2.0), line(25, -3600, 1.5),  # 1.5 < 2.0: down
             line(12, -3600, 3.0)]  # real 12 s is in the +1 h phase: no phase fits it
     assert steps.real_time(iso_to_epoch(sent[1].split(",")[2]), 1.0) == pytest.approx(start + 15)
-    db = sqlite3.connect(tmp_path / "grid-meter.sqlite3")
-    db.executescript("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, "
-                     "payload BLOB, created REAL); CREATE TABLE quarantine (id INTEGER);"
-                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.executemany("INSERT INTO outbox (topic, payload, created) VALUES ('s/us', ?, 0)",
-                   [(text.encode(),) for text in sent])
-    db.execute("DELETE FROM outbox")
-    db.commit()
-    db.close()
-    records = [SimpleNamespace(kind="publish", accepted=True, topic="s/us", time=float(i),
-                               text=text) for i, text in enumerate(sent)]
-    collector = Collector({"grid-meter": "c8ysim-grid-meter"}, steps)
-    collector.add_tenant(SimpleNamespace(records=lambda client: records))
+    collector = _collector_over(tmp_path, sent, acked_below_id=len(sent) + 1, sent=sent,
+                                steps=steps)
     count = collector.count("grid-meter", tmp_path, interval_s=1.0)
     assert (count.lost, count.out_of_order, count.unplaced) == (0, 0, 1)
     assert count.register_decreases == 1
