@@ -81,6 +81,7 @@ def _run(args) -> int:
     from agent import device, http, notify, supervisor
     from agent.storage import memory, sqlite, tiered  # noqa: F401 - preloaded likewise
 
+    _prebuild_models(cfg)
     try:
         agent = supervisor.Supervisor(cfg, device.run_child, http.build_app, config.load,
                                       notify.Notifier())
@@ -88,6 +89,24 @@ def _run(args) -> int:
     except OSError as exc:  # e.g. the status port is taken
         print(f"c8ysim: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _prebuild_models(cfg: config.Config) -> None:
+    """Build every device's model once before the forks and throw it away.
+
+    What a model computes when it is built (the heat pump's annual degree hours, the load
+    profile's yearly energy, the time zone, the noise stream keys) is memoised at module
+    level: computed here, it sits in pages the children share, instead of being computed
+    again in every child (which wrote ~1.4 MB of each child's private memory). Pure and
+    best effort: a model that cannot be built fails in its child, as before.
+    """
+    from agent import sim
+
+    for device in cfg.devices:
+        try:
+            sim.build_model(cfg.site, device.name)
+        except Exception:  # noqa: BLE001 - the child reports it
+            pass
 
 
 def _send_test(args) -> int:
