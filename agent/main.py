@@ -83,8 +83,9 @@ def _run(args) -> int:
     # Connecting resolves the host name through the idna codec, which imports stringprep's
     # tables: ~0.5 MB of private memory in every child if it is first imported there.
     import encodings.idna  # noqa: F401
-
-    _prebuild_models(cfg)
+    # The models (sim.build_model imports them lazily): ~1.2 MB of each child's private
+    # memory when every child imports them itself.
+    from agent.sim import devices as _models  # noqa: F401
     try:
         agent = supervisor.Supervisor(cfg, device.run_child, http.build_app, config.load,
                                       notify.Notifier())
@@ -92,24 +93,6 @@ def _run(args) -> int:
     except OSError as exc:  # e.g. the status port is taken
         print(f"c8ysim: cannot start: {exc}", file=sys.stderr)
         return 1
-
-
-def _prebuild_models(cfg: config.Config) -> None:
-    """Build every device's model once before the forks and throw it away.
-
-    What a model computes when it is built (the heat pump's annual degree hours, the load
-    profile's yearly energy, the time zone, the noise stream keys) is memoised at module
-    level: computed here, it sits in pages the children share, instead of being computed
-    again in every child (which wrote ~1.4 MB of each child's private memory). Pure and
-    best effort: a model that cannot be built fails in its child, as before.
-    """
-    from agent import sim
-
-    for device in cfg.devices:
-        try:
-            sim.build_model(cfg.site, device.name)
-        except Exception:  # noqa: BLE001 - the child reports it
-            pass
 
 
 def _send_test(args) -> int:
