@@ -32,9 +32,18 @@ class SyslogPrefixFormatter(logging.Formatter):
 def setup(level: str, source: str) -> None:
     """(Re)configure the root logger: one stderr handler naming `source`."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SyslogPrefixFormatter(source))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
+    handlers = root.handlers
+    if (len(handlers) == 1 and isinstance(handlers[0].formatter, SyslogPrefixFormatter)
+            and getattr(handlers[0], "stream", None) is sys.stderr):
+        # Ours already (a forked child, a reload): only rename the source. Replacing the
+        # handler, and setLevel() clearing every logger's cache, wrote ~0.4 MB of pages
+        # each child otherwise shares with the supervisor.
+        handlers[0].formatter.source = source
+    else:
+        for handler in list(handlers):
+            root.removeHandler(handler)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(SyslogPrefixFormatter(source))
+        root.addHandler(handler)
+    if root.level != logging.getLevelName(level.upper()):
+        root.setLevel(level.upper())
