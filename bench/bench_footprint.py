@@ -274,6 +274,34 @@ def measure_cpu(workdir, port, notify, count, interval_s, settle, seconds) -> fl
         run.stop()
 
 
+def measure_history_kib(workdir: Path, name: str = "heatpump") -> float:
+    """The supervisor's memory for one device's full status-page history: an hour of
+    readings, one per HISTORY_MIN_STEP_S, as the heartbeats bring them (the device's own
+    summary, through JSON), traced with tracemalloc in this process. Not in the PSS rows:
+    those are taken 20 s after start, when the history holds a few points."""
+    import tracemalloc
+
+    from agent import config as agent_config
+    from agent import device, supervisor
+
+    site = agent_config.load(str(write_config(workdir, 1883, 8080))).site
+    model = device.sim.build_model(site, name)
+    state, child = model.initial_state(), supervisor.Child(name)
+    start = time.time() - supervisor.HISTORY_SPAN_S
+    beats = []
+    for i in range(supervisor.HISTORY_MAX_ENTRIES):
+        t = round(start + i * supervisor.HISTORY_MIN_STEP_S, 3)
+        state, reading = model.step(state, t, supervisor.HISTORY_MIN_STEP_S)
+        beats.append(json.dumps({"last_reading": device._summary(reading), "queued": 0}))
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for beat in beats:
+        child.remember(json.loads(beat)["last_reading"])
+    grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    return grown / 1024
+
+
 def import_s(code: str) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30, cwd=REPO)
@@ -436,6 +464,10 @@ def run(args) -> list[str]:
               f"{bare_s * 1000:.0f} ms; ratio {ratio:.2f} (importing the agent's modules "
               f"alone: {modules_s * 1000:.0f} ms)")
 
+        history_kib = measure_history_kib(workdir)
+        print(f"  status history, a full hour of one device in the supervisor: "
+              f"{history_kib:.0f} KiB")
+
         memories: dict[int, Memory] = {}
         cpu100 = None
         for count in args.devices:
@@ -493,6 +525,12 @@ def run(args) -> list[str]:
                      if base and count > 3 else "-")
             out.append(f"| {count} | {m.total_mb:.1f} MB | {m.supervisor_mb:.1f} MB | {extra} "
                        f"| {m.child_private_dirty_mb:.1f} MB | {m.processes} |")
+        from agent.supervisor import HISTORY_MAX_ENTRIES, HISTORY_MIN_STEP_S
+        out += ["", f"The supervisor also keeps an hour of readings per device for the status "
+                f"page (one per {HISTORY_MIN_STEP_S:g} s, {HISTORY_MAX_ENTRIES} points); full, "
+                f"that is {history_kib:.0f} KiB per "
+                "device (tracemalloc, the readings as the heartbeats bring them), on top of the "
+                "rows above, which are taken before the history fills."]
         out += ["", "| CPU (% of one core, whole process tree) | measured |", "|---|---|",
                 f"| 3 devices, interval 1 s | {cpu3:.2f} % |"]
         if cpu100 is not None:

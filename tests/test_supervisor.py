@@ -268,6 +268,22 @@ def test_status_view_shapes():
     assert agent._status_line() == "1/3 devices online, 0 queued, 1 fatal"
 
 
+def test_history_keeps_a_point_per_min_step_gives_back_dicts_and_restarts_when_time_goes_back():
+    child = supervisor.Child("pv-roof")
+    step = supervisor.HISTORY_MIN_STEP_S
+    readings = [{"time": 1000.0 + i, "c8y_P.P": float(i)} for i in range(0, 4 * int(step))]
+    for reading in readings:
+        child.remember(dict(reading))
+    assert child.recent_readings() == readings[::int(step)]
+    child.remember({"time": 2000.0, "c8y_P.P": 1.0, "c8y_E.A": 2.5})  # another set of series
+    assert child.recent_readings()[-1] == {"time": 2000.0, "c8y_P.P": 1.0, "c8y_E.A": 2.5}
+    child.remember({"time": 1500.0, "c8y_P.P": 3.0})  # the wall clock stepped back
+    assert child.recent_readings() == [{"time": 1500.0, "c8y_P.P": 3.0}]
+    for i in range(supervisor.HISTORY_MAX_ENTRIES + 10):
+        child.remember({"time": 1500.0 + step * (i + 1), "c8y_P.P": 0.0})
+    assert len(child.recent_readings()) == supervisor.HISTORY_MAX_ENTRIES
+
+
 # -- stuck children and stop ----------------------------------------------------------------
 
 def test_a_stuck_child_is_terminated_killed_and_restarted(agent):
