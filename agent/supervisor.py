@@ -73,8 +73,9 @@ class Child:
         """Keep `reading` in the bounded history if it is new enough to be worth a point."""
         if not reading or "time" not in reading:
             return
-        if self.history and reading["time"] - self.history[-1][1][0] < HISTORY_MIN_STEP_S:
-            if reading["time"] >= self.history[-1][1][0]:
+        last_time = self.history[-1][1][0] if self.history else None  # values open with it
+        if last_time is not None and reading["time"] - last_time < HISTORY_MIN_STEP_S:
+            if reading["time"] >= last_time:
                 return
             self.history.clear()  # the wall clock went back: start the history afresh
         keys = ("time", *(k for k in reading if k != "time"))

@@ -413,17 +413,19 @@ def miss_notes(memories: dict, per_device, cpu3: float, ratio: float, agent_s: f
                  or (per_device is not None and per_device > TARGET_PER_DEVICE_MB)):
         notes.append(
             f"- **Memory.** A device child holds {base.child_private_dirty_mb:.1f} MB "
-            "Private_Dirty on average: pages it wrote after the fork and no longer shares "
-            "with the supervisor (the prototype in performance-facts.md reached 6.2 MB PSS "
-            "per forked child, doing much less). Already done: the supervisor keeps its "
-            "objects gc-frozen after fork (unfreezing let its collections write to every "
-            "shared page; this alone took about 15 MB off 1 + 3 devices), the storage "
-            "modules are imported before "
-            "the forks, and SQLite's page cache is 256 KiB. What is left (smaps of a child): "
-            "~5.5 MB anonymous pages, mostly CPython refcount writes to shared objects plus "
-            "the child's own objects; ~2.5 MB malloc heap (SQLite, paho buffers); ~0.8 MB "
-            "libpython data. Python 3.11 has no immortal objects (3.12 does), so the next "
-            "steps are fewer objects touched per tick, or several devices per child.")
+            "Private_Dirty on average. Nearly all of it is copies of the supervisor's pages "
+            "that the child wrote to after the fork, mostly reference counts of shared "
+            "strings, code objects and types: in one child's page tables 6.8 of 7.3 MB were "
+            "copies of parent pages, most differing from the original in one or two 8-byte "
+            "words; only ~0.4 MB was new memory. Done so far: the supervisor stays gc-frozen "
+            "after the fork (about 15 MB off 1 + 3 devices); the storage and model modules "
+            "and the idna codec (first used by a child's connect) are imported before the "
+            "forks; libc's prctl is looked up once; a child reuses the log handler instead of "
+            "replacing it (together 8.6 → 6.3 MB per child). What is left is spread thin: "
+            "threading's after-fork handler ~0.4 MB, the first sqlite3 connection ~0.4 MB, "
+            "paho's network thread 0.4–0.9 MB, the first tick ~0.8 MB. Python 3.11 has no "
+            "immortal objects (3.12 has, PEP 683), so the next steps are driving paho from "
+            "the device loop instead of its own thread, or several devices per child.")
     if cpu3 > TARGET_CPU_PCT:
         notes.append(f"- **CPU.** {cpu3:.2f} % of one core at 3 devices / 1 s.")
     if ratio > TARGET_START_RATIO:
