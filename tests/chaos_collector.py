@@ -15,10 +15,14 @@ Test-only. Two independent sources, neither needs a change to the agent:
 
 A reading computed by a child killed before its tick's transaction committed was never
 generated in this sense (nobody could ever see it); the model is a pure function of time, so
-the next tick simply covers that instant. Limits: the count is exact only while every row
-reached the SQLite file once (a row that lived only in the in-memory overflow tier and was
-lost with a killed child leaves no trace in the file); `306` (clear alarm) lines carry no
-time, so they are told apart by the measurement that precedes them.
+the next tick simply covers that instant. Limits: the Buffer numbers rows densely across its
+tiers, so the count is exact once the *last* row generated reached the SQLite file. Rows that
+lived only in the in-memory overflow (disk full) and were sent from there leave no trace in
+the file until a later row lands in it: the rig therefore lets every device tick a few more
+times after it recovered, before stopping it (without that pause a device whose file came
+back in the last tick before the stop showed its memory-only rows as *extra*). A row that
+lived only in memory and was lost with a killed child leaves no trace at all. `306` (clear
+alarm) lines carry no time, so they are told apart by the measurement that precedes them.
 
 Also reported: duplicates (received more than once: allowed, at-least-once), out-of-order
 (a first-seen measurement older than one seen before it), the max delivery delay (first

@@ -37,6 +37,7 @@ SCENARIO_TIMEOUT_S = 900 if LONG else 120
 DRAINED_MAX_QUEUED = 3  # a row or two of the current tick may be in flight at any moment
 RESTART_WAIT_S = 90.0  # RESTART_CAP_S (60 s) of the supervisor's backoff, and a reconnect
 DISK_KIB = 24 * 1024  # the tmpfs that fills up
+TICKS_AFTER_RECOVERY = 5  # before the stop: see "Limits" in chaos_collector
 MAX_CLOCK_STEP_GAP_S = 1.0  # 5 ticks at 0.2 s; a stall through one phase is 4 s or more
 RESULTS: list[Result] = []
 
@@ -157,6 +158,7 @@ class Rig:
         try:
             wait_until(self.drained, RECOVER_TIMEOUT_S, interval=0.2, what="recovery")
             recovered = True
+            time.sleep(TICKS_AFTER_RECOVERY * self.interval_s)  # the last rows reach the files
         except AssertionError:
             recovered = False
         stopped_at = time.time()
