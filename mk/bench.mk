@@ -14,4 +14,4 @@ bench-footprint: system-deps $(VENV_OK)
 
 # The status page answered from the supervisor loop, alone and under concurrent clients.
 bench-status: system-deps $(VENV_OK)
-	$(VENV)/bin/python bench/bench_status.py
+	$(VENV)/bin/python bench/bench_status.py --doc docs/performance.md
