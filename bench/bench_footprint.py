@@ -70,24 +70,23 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
-def pss_kb(pid: int) -> int:
+def rollup_kb(pid: int, field: str) -> int:
+    """One field of /proc/<pid>/smaps_rollup (e.g. "Pss"), in kB; 0 if the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def pss_kb(pid: int) -> int:
+    return rollup_kb(pid, "Pss")
 
 
 def private_dirty_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return rollup_kb(pid, "Private_Dirty")
 
 
 def cpu_ticks(pid: int, with_reaped: bool) -> int:

@@ -1,7 +1,7 @@
-# Fuzzing (`make fuzz`): the hypothesis tests with the "fuzz" profile (10 000 examples each
-# where the module registers it): the YAML loader, s/ds operation dispatch, the SmartREST
-# parser and the status page's query strings. `make test` runs the same tests with a few
-# hundred examples.
+# Fuzzing (`make fuzz`): the hypothesis tests that take their settings from tests/fuzzing.py,
+# with 10 000 examples each: the YAML loader, s/ds operation dispatch, the SmartREST parser
+# and the status page's query strings. `make test` runs the same tests with a few hundred
+# examples.
 # About 5 minutes on 2 cores (operation dispatch alone ~3.5 min: a real SQLite buffer);
 # hence the longer per-test timeout than pyproject.toml's 120 s.
 

@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from agent import config
+from fuzzing import fuzz_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO / "etc" / "c8ysim.yaml").read_text(encoding="utf-8")
@@ -31,13 +32,7 @@ PATH = "fuzz/c8ysim.yaml"
 LINE_RE = re.compile(r"^" + re.escape(PATH) + r":(\d+): .+")
 CLI_TIMEOUT_S = 30
 
-settings.register_profile("fuzz", max_examples=10_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-FUZZ = (
-    settings.get_profile("fuzz")
-    if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
-    else settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-)
+FUZZ = fuzz_settings(examples_in_make_test=200)
 
 # --- random scalars and mutations ------------------------------------------------------------
 

@@ -16,28 +16,22 @@ Properties:
 
 from __future__ import annotations
 
-import os
 import tempfile
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from agent.config import StorageConfig
 from agent.storage import open_buffer
 from agent.uplink import smartrest
 from agent.uplink.operations import Operations
+from fuzzing import fuzz_settings
 
 OWN = "c8ysim-pv-roof"
 OTHERS = ["c8ysim-heatpump", "c8ysim-pv-roo", "c8ysim-pv-rooff", "C8YSIM-PV-ROOF", "",
           " c8ysim-pv-roof", "c8ysim-pv-roof ", "c8ysim-pv-roof\r", "*"]
 
-settings.register_profile("fuzz", max_examples=10_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-FUZZ = (
-    settings.get_profile("fuzz")
-    if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
-    else settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-)
+FUZZ = fuzz_settings(examples_in_make_test=200)
 
 # --- payloads --------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ HYPOTHESIS_PROFILE=fuzz (profile registered below, applied per test, not globall
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -17,13 +16,9 @@ from hypothesis import strategies as st
 
 from agent.sim import Alarm, Event, Reading, Series
 from agent.uplink import smartrest as sr
+from fuzzing import fuzz_settings
 
-settings.register_profile("fuzz", max_examples=10_000, deadline=None)
-FUZZ = (
-    settings.get_profile("fuzz")
-    if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
-    else settings(max_examples=300, deadline=None)
-)
+FUZZ = fuzz_settings(examples_in_make_test=300)
 PROPERTY = settings(max_examples=200, deadline=None)
 
 

@@ -21,7 +21,7 @@ import urllib.request
 from base64 import b64encode
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +29,7 @@ from agent import http, status_cli, status_html, status_metrics, status_view
 from agent.http import build_app
 from agent.status_server import StatusServer
 from conftest import free_port, wait_until, write_config
+from fuzzing import fuzz_settings
 
 SINGLE = "c8y_SinglePhaseEnergyMeasurement"
 THREE = "c8y_ThreePhaseEnergyMeasurement"
@@ -311,7 +312,7 @@ def test_readings_api_unknown_device_is_404(loop):
 QUERY_CHARS = st.sampled_from(list("=&;%+-.:TZ0123456789aeEinfsylmtu_ \t\x00\u00e9\u20ac#?/"))
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(examples_in_make_test=300)
 @given(name=st.sampled_from(["pv-roof", "nope", "%2e%2e", "pv-roof%00", "%C3%A9", "x%ZZ"]),
        query=st.one_of(
            st.text(QUERY_CHARS, max_size=60),
