@@ -1,8 +1,10 @@
 """`c8ysim backfill`: a device's past readings, with their true timestamps, into its buffer.
 
 The models are pure functions of time, so yesterday can be generated at any speed. The rows
-go into the device's own buffer and the running device drains them like any backlog, paced
-by `cumulocity.max_lines_per_s`.
+go into the device's own buffer (through its store, which numbers them: a running device
+keeps every live reading and sends the backfill after what it had queued) and the device
+drains them like any backlog, paced by `cumulocity.max_lines_per_s`. Readings are streamed
+to the store in transactions, never held all at once.
 
 Energy registers must never go back in Cumulocity's timeline, so the backfilled register
 values are counted backwards from the device's current ones: at time t the register reads
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Iterable, Iterator
 
 from agent import sim
 from agent.uplink import smartrest
@@ -36,18 +39,33 @@ def parse_span(text: str) -> float:
 
 
 def readings(site: sim.Site, device_name: str, start: float, end: float, interval_s: float,
-             current_state: dict | None) -> list[sim.Reading]:
-    """The readings of [start, end) every interval_s, registers counted back from now."""
+             current_state: dict | None) -> Iterator[sim.Reading]:
+    """The readings of [start, end) every interval_s, registers counted back from now.
+
+    Two passes over the span, nothing held in memory: the first finds the last reading's
+    registers (the models are pure functions of their state and time, so the second pass
+    computes the same readings again), the second yields them shifted."""
+    last = None
+    for last in _span(site, device_name, start, end, interval_s):
+        pass
+    if last is None:
+        return
     model = sim.build_model(site, device_name)
-    history, state = [], model.initial_state()
-    for tick in range(int((end - start) / interval_s)):
+    _, now = model.step(current_state or model.initial_state(), end, 0.0)
+    for reading in _span(site, device_name, start, end, interval_s):
+        yield _shift_registers(reading, last, now)
+
+
+def count(start: float, end: float, interval_s: float) -> int:
+    return max(0, int((end - start) / interval_s))
+
+
+def _span(site: sim.Site, device_name: str, start: float, end: float, interval_s: float):
+    model = sim.build_model(site, device_name)
+    state = model.initial_state()
+    for tick in range(count(start, end, interval_s)):
         state, reading = model.step(state, start + tick * interval_s, interval_s if tick else 0.0)
-        history.append(reading)
-    if not history:
-        return []
-    now_state = current_state or model.initial_state()
-    _, now = model.step(now_state, end, 0.0)
-    return [_shift_registers(r, history[-1], now) for r in history]
+        yield reading
 
 
 def _shift_registers(reading: sim.Reading, last: sim.Reading, now: sim.Reading) -> sim.Reading:
@@ -62,7 +80,7 @@ def _shift_registers(reading: sim.Reading, last: sim.Reading, now: sim.Reading) 
                                alarms_cleared=())
 
 
-def rows(history: list[sim.Reading], queued_at: float):
+def rows(history: Iterable[sim.Reading], queued_at: float):
     """(topic, payload, created) rows for the buffer, in time order."""
     for reading in history:
         lines = [smartrest.measurement(reading)]
@@ -71,14 +89,15 @@ def rows(history: list[sim.Reading], queued_at: float):
             yield smartrest.UPSTREAM_TOPIC, line.encode(), queued_at
 
 
-def store(buffer, history: list[sim.Reading], queued_at: float) -> int:
-    """Append the rows in transactions of ROWS_PER_TRANSACTION; returns the row count."""
-    batch, count = [], 0
+def store(buffer, history: Iterable[sim.Reading], queued_at: float) -> int:
+    """Append the rows in transactions of ROWS_PER_TRANSACTION; returns the row count.
+    Raises StoreError (from a buffer without overflow) when the store cannot take them."""
+    batch, total = [], 0
     for row in rows(history, queued_at):
         batch.append(row)
         if len(batch) == ROWS_PER_TRANSACTION:
             buffer.put_many(batch)
-            count, batch = count + len(batch), []
+            total, batch = total + len(batch), []
     if batch:
         buffer.put_many(batch)
-    return count + len(batch)
+    return total + len(batch)

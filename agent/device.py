@@ -145,7 +145,7 @@ class Device:
         beat = {
             "pid": os.getpid(), "time": time.time(),
             "queued": stats.depth, "oldest_queued_age_s": stats.oldest_age_s,
-            "dropped": stats.dropped, "quarantined": stats.quarantined,
+            "dropped": stats.dropped, "quarantined": stats.quarantined, "lost": stats.lost,
             "degraded": stats.degraded, "buffer_backend": stats.backend,
             "last_reading": self.last_reading,
             **(self.session.status() if self.session else

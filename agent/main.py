@@ -14,7 +14,8 @@ import time
 
 from agent import __version__, buffer_cli, config, diag, logs, status_cli
 
-EXIT_USAGE = 2
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+MAX_TOPIC_BYTES = 256  # Cumulocity's topics are short; MQTT allows 65 535, paho crashes on more
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +99,8 @@ def _run(args) -> int:
 def _send_test(args) -> int:
     """Append the message to the device's own buffer: the running device sends it in order,
     through its session, like any reading (and keeps it through an outage)."""
-    from agent.storage import open_buffer
+    from agent.storage import StorageConfigError, open_buffer
+    from agent.storage.store import StoreError
     from agent.uplink.smartrest import MAX_PAYLOAD_BYTES
 
     cfg = _load_or_report(config.config_path(args.config))
@@ -110,9 +112,15 @@ def _send_test(args) -> int:
         print(f"c8ysim send-test: {problem}", file=sys.stderr)
         return EXIT_USAGE
     _become_state_owner(cfg)
-    buffer = open_buffer(cfg.storage, args.device)
-    buffer.put_many([(args.topic, args.message.encode(), time.time())])
-    buffer.close()
+    try:
+        buffer = open_buffer(cfg.storage, args.device, overflow=False)
+        try:
+            buffer.put_many([(args.topic, args.message.encode(), time.time())])
+        finally:
+            buffer.close()
+    except (StoreError, StorageConfigError) as exc:
+        print(f"c8ysim send-test: cannot queue the message: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"queued for {args.device} on {args.topic} ({len(args.message.encode())} bytes); "
           "it is sent as soon as the device is online")
     return 0
@@ -121,8 +129,17 @@ def _send_test(args) -> int:
 def _send_test_problem(args, names: list[str], max_bytes: int) -> str | None:
     if args.device not in names:
         return f"no device '{args.device}' in the config (devices: {', '.join(names)})"
-    if not args.topic or "+" in args.topic or "#" in args.topic or "\0" in args.topic:
-        return f"'{args.topic}' is not a topic to publish to: no '+', '#' or empty topics"
+    for what, text in (("topic", args.topic), ("message", args.message)):
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return f"the {what} is not valid UTF-8"
+    shown = logs.one_line(args.topic, 80)
+    if not args.topic or any(c in args.topic for c in "+#") or not args.topic.isprintable():
+        return (f"'{shown}' is not a topic to publish to: no '+', '#', control characters "
+                "or empty topics")
+    if len(args.topic.encode()) > MAX_TOPIC_BYTES:
+        return f"the topic is longer than {MAX_TOPIC_BYTES} bytes"
     if args.topic.startswith("$"):
         return "topics starting with '$' are reserved for the broker"
     if len(args.message.encode()) > max_bytes:
@@ -145,8 +162,8 @@ def _become_state_owner(cfg: config.Config) -> None:
 def _backfill(args) -> int:
     """Generate the device's readings from `--since` ago until now into its buffer."""
     from agent import backfill
-    from agent.device import load_model_state
-    from agent.storage import open_buffer
+    from agent.storage import StorageConfigError, open_buffer
+    from agent.storage.store import StoreError
 
     cfg = _load_or_report(config.config_path(args.config))
     if cfg is None:
@@ -159,12 +176,43 @@ def _backfill(args) -> int:
         print(f"c8ysim backfill: {exc or 'no such device'} (devices: {names})", file=sys.stderr)
         return EXIT_USAGE
     _become_state_owner(cfg)
-    buffer = open_buffer(cfg.storage, device.name)
     now = time.time()
+    readings = backfill.count(now - span_s, now, device.interval_s)
+    try:
+        buffer = open_buffer(cfg.storage, device.name, overflow=False)
+    except StorageConfigError as exc:
+        print(f"c8ysim backfill: {exc}", file=sys.stderr)
+        return config.EX_CONFIG
+    try:
+        return _backfill_into(buffer, cfg, device, args.since, span_s, now, readings)
+    except StoreError as exc:
+        print(f"c8ysim backfill: the buffer cannot take the readings ({exc}); what was "
+              "queued before stays queued", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        buffer.close()
+
+
+def _backfill_into(buffer, cfg, device, since: str, span_s: float, now: float,
+                   readings: int) -> int:
+    from agent import backfill
+    from agent.device import load_model_state
+
+    before = buffer.stats(now)
+    room = cfg.storage.max_records - before.depth
+    if readings > room:  # each reading is at least one line
+        print(f"c8ysim backfill: {readings} readings of {device.name} do not fit: "
+              f"{before.depth} rows are queued and storage.max_records is "
+              f"{cfg.storage.max_records}, so the oldest would be dropped; choose a shorter "
+              "--since or raise storage.max_records", file=sys.stderr)
+        return EXIT_USAGE
     history = backfill.readings(cfg.site, device.name, now - span_s, now, device.interval_s,
                                 load_model_state(buffer))
-    count = backfill.store(buffer, history, now)
-    buffer.close()
-    print(f"queued {len(history)} readings ({count} lines) of {device.name} from the last "
-          f"{args.since}; the running device sends them after what is already queued")
+    lines = backfill.store(buffer, history, now)
+    dropped = buffer.stats(time.time()).dropped - before.dropped
+    print(f"queued {readings} readings ({lines} lines) of {device.name} from the last "
+          f"{since}; the running device sends them after what is already queued")
+    if dropped:
+        print(f"c8ysim backfill: {dropped} of the oldest queued rows were dropped to stay "
+              "within storage.max_records", file=sys.stderr)
     return 0

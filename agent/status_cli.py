@@ -16,7 +16,7 @@ from agent import config, status_view as sv
 
 EXIT_OK, EXIT_FAILURE, EXIT_NOT_RUNNING = 0, 1, 3
 TIMEOUT_S = 3.0
-COLUMNS = ("DEVICE", "TYPE", "STATE", "QUEUED", "OLDEST", "SENT", "DROPPED", "POWER",
+COLUMNS = ("DEVICE", "TYPE", "STATE", "QUEUED", "OLDEST", "SENT", "DROPPED", "LOST", "POWER",
            "LAST ACK")
 
 
@@ -77,7 +77,7 @@ def _row(device: dict) -> list[str]:
     last_ack = device.get("last_ack")
     return [str(device.get("name")), str(device.get("type") or sv.MISSING), label,
             _n(device.get("queued")), sv.fmt_age(device.get("oldest_queued_age_s")),
-            _n(device.get("sent")), _n(device.get("dropped")),
+            _n(device.get("sent")), _n(device.get("dropped")), _n(device.get("lost")),
             sv.fmt_power(sv.power_w(device.get("last_reading"))),
             sv.fmt_since(last_ack) if last_ack else sv.MISSING]
 

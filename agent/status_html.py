@@ -227,6 +227,7 @@ def _facts(device: dict, now: float) -> str:
              ("sent", sv.fmt_count(device.get("sent"))),
              ("dropped", sv.fmt_count(device.get("dropped"))),
              ("quarantined", sv.fmt_count(device.get("quarantined"))),
+             ("lost", sv.fmt_count(device.get("lost"))),
              ("reconnects", sv.fmt_count(device.get("reconnects_total",
                                                     device.get("reconnects")))),
              ("restarts", sv.fmt_count(device.get("restarts"))),

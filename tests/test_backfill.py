@@ -29,7 +29,7 @@ def test_registers_count_back_from_the_current_ones():
     end = 1_780_000_000.0  # a June day
     model = backfill.sim.build_model(cfg.site, "grid-meter")
     state, now = model.step(model.initial_state(), end, 3 * DAY_S)  # a device running 3 days
-    history = backfill.readings(cfg.site, "grid-meter", end - DAY_S, end, 10.0, state)
+    history = list(backfill.readings(cfg.site, "grid-meter", end - DAY_S, end, 10.0, state))
     assert len(history) == 8640
     assert [r.time for r in history[:2]] == [end - DAY_S, end - DAY_S + 10]
     for register in ("A+", "A-"):

@@ -89,7 +89,7 @@ def test_drain_query_walks_the_device_id_index(storage, device):
     assert "Index" in plan and any("(device, id)" in i for i in indexes)
 
 
-def test_unreachable_at_start_uses_the_fallback_then_moves_it_over_in_order(
+def test_unreachable_at_start_uses_the_fallback_then_drains_it_in_order(
         server, storage, device):
     first = open_buffer(storage, device)
     first.put_many(ticks(0, 20), meta={"model.state": "a"})

@@ -2,14 +2,21 @@
 
 A buffer holds what goes on the wire (topic + payload bytes + created time), oldest first.
 A row leaves the buffer only when the broker acknowledged it (`ack`), is moved aside because
-it can never be sent (`quarantine`), or is dropped by the size/age bounds (counted). Next to
-the queue each buffer keeps a small durable key/value area for device state (registration,
-pending operation, energy registers), written in the same transaction as the readings.
+it can never be sent (`quarantine`), is dropped by the size/age bounds (counted in
+`dropped`), or is known lost with its file (counted in `lost`). Next to the queue each buffer
+keeps a small durable key/value area for device state (registration, pending operation,
+energy registers), written in the same transaction as the readings and copied to the
+ledger beside it (`agent.storage.ledger`), which outlives a lost file.
+
+The stores number the rows (the database is the one writer of ids), so other processes may
+append to a running device's buffer at any time (`c8ysim backfill`, `c8ysim send-test`):
+their rows queue behind what is there, and the device's drain and depth see them at once.
 
 Buffer methods never raise on I/O trouble (disk full, read-only file, PostgreSQL down): the
 buffer degrades (see `agent.storage.tiered`), says why in `stats().degraded`, and recovers
-by itself. Only `open_buffer` raises, and only `StorageConfigError`: a problem retrying
-cannot fix.
+by itself. `open_buffer` raises only `StorageConfigError`: a problem retrying cannot fix. A
+buffer opened without the memory overflow (the CLI's: its memory ends with the command)
+raises `StoreError` from `put_many` when no durable store takes the rows.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class BufferStats:
     quarantined: int
     degraded: str | None = None  # why the buffer is not working normally, for the status page
     backend: str = "sqlite"
+    lost: int = 0  # rows known lost with a file (moved aside, deleted) or memory, ever
 
 
 class Buffer(Protocol):
@@ -54,7 +62,9 @@ class Buffer(Protocol):
         """Append (topic, payload, created) rows and set meta keys, in one transaction."""
 
     def peek(self, limit: int, after_id: int = 0) -> list[Record]:
-        """Up to `limit` oldest rows with id > after_id, in id order."""
+        """Up to `limit` of the oldest rows not yet taken in this pass: `after_id=0` starts a
+        pass at the oldest row; otherwise the caller took every row up to `after_id` (the
+        last it used) and gets what follows, rows appended since by any process included."""
 
     def ack(self, ids: Iterable[int]) -> None:
         """Delete rows the broker acknowledged."""
@@ -72,25 +82,29 @@ class Buffer(Protocol):
     def close(self) -> None: ...
 
 
-def open_buffer(storage, device_name: str) -> Buffer:
+def open_buffer(storage, device_name: str, overflow: bool = True) -> Buffer:
     """Open the configured backend's buffer for one device (call it after fork).
 
     sqlite:   the device's file, then memory.
     postgres: PostgreSQL, then the device's SQLite file as a local fallback, then memory.
+    `overflow=False` leaves out memory (for commands that end before a disk comes back).
     """
     from agent.storage import sqlite, tiered
+    from agent.storage.ledger import Ledger
     from agent.storage.memory import MemoryStore
 
     local = tiered.Tier("SQLite buffer", lambda check: sqlite.open_store(
         storage, device_name, tombstones=storage.backend == "postgres", check=check))
     memory = tiered.Tier("in-memory overflow", lambda check: MemoryStore(
-        min(MEMORY_MAX_ROWS, storage.max_records)))
+        min(MEMORY_MAX_ROWS, storage.max_records)), durable=False)
+    tiers = [local, memory] if overflow else [local]
+    ledger = Ledger.beside(storage, device_name)
     if storage.backend != "postgres":
-        return tiered.TieredBuffer([local, memory], backend="sqlite")
+        return tiered.TieredBuffer(tiers, backend="sqlite", ledger=ledger)
     try:
         from agent.storage import postgres
     except ImportError as exc:
         raise StorageConfigError(MISSING_DRIVER) from exc
     local.label = "SQLite fallback"
     remote = tiered.Tier("PostgreSQL", lambda check: postgres.open_store(storage, device_name))
-    return tiered.TieredBuffer([remote, local, memory], backend="postgres")
+    return tiered.TieredBuffer([remote, *tiers], backend="postgres", ledger=ledger)

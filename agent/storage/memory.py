@@ -11,8 +11,9 @@ import itertools
 import logging
 from typing import Iterable, Mapping, Sequence
 
+from agent import logs
 from agent.storage import Record
-from agent.storage.store import Counters, user_meta
+from agent.storage.store import Counters, Item, user_meta
 
 QUARANTINE_LOG_BYTES = 200
 
@@ -22,49 +23,47 @@ log = logging.getLogger(__name__)
 class MemoryStore:
     kind = "memory"
     alive = True
+    lost_file = None
 
     def __init__(self, max_rows: int):
         self.max_rows = max_rows
         self.rows: dict[int, Record] = {}  # insertion order is id order
         self.meta: dict[str, str | None] = {}
-        self.hw = 0
+        self.last_id = 0
         self.dropped = self.quarantined = 0
 
-    @property
-    def depth(self) -> int:
-        return len(self.rows)
-
-    @property
-    def holds_meta(self) -> bool:
-        return bool(self.meta)
-
-    def append(self, rows: Sequence[Record], meta: Mapping[str, str | None],
+    def append(self, items: Sequence[Item], meta: Mapping[str, str | None],
                now: float) -> int:
-        for row in rows:
-            self.rows.setdefault(row.id, row)
-            self.hw = max(self.hw, row.id)
+        for topic, payload, created in items:
+            self.last_id += 1
+            self.rows[self.last_id] = Record(self.last_id, topic, bytes(payload), created)
         self.meta.update(meta)
-        excess = len(self.rows) - self.max_rows
-        for row_id in list(itertools.islice(self.rows, max(excess, 0))):
+        excess = max(0, len(self.rows) - self.max_rows)
+        for row_id in list(itertools.islice(self.rows, excess)):
             del self.rows[row_id]
-        self.dropped += max(excess, 0)
-        return max(excess, 0)
+        self.dropped += excess
+        return excess
 
     def peek(self, limit: int, after_id: int) -> list[Record]:
         newer = (row for row in self.rows.values() if row.id > after_id)
         return list(itertools.islice(newer, limit))
 
-    def delete(self, ids: Sequence[int]) -> None:
-        for row_id in ids:
-            self.rows.pop(row_id, None)
+    def delete(self, ids: Sequence[int]) -> int:
+        return sum(self.rows.pop(row_id, None) is not None for row_id in ids)
 
-    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> None:
+    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> int:
+        moved = 0
         for row_id in ids:
             row = self.rows.pop(row_id, None)
             if row:
-                self.quarantined += 1
-                log.error("dropping record %d held in memory (%s): %r", row_id, reason,
-                          row.payload[:QUARANTINE_LOG_BYTES])
+                moved += 1
+                log.error("dropping record %d held in memory (%s): %s", row_id, reason,
+                          logs.external(row.payload, QUARANTINE_LOG_BYTES))
+        self.quarantined += moved
+        return moved
+
+    def depth(self) -> int:
+        return len(self.rows)
 
     def get_meta(self, key: str) -> tuple[bool, str | None]:
         return key in self.meta, self.meta.get(key)
@@ -76,14 +75,6 @@ class MemoryStore:
         for key in keys:
             self.meta.pop(key, None)
 
-    def min_id(self) -> int | None:
-        return next(iter(self.rows), None)
-
-    def renumber(self, offset: int) -> None:
-        self.rows = {i + offset: Record(i + offset, r.topic, r.payload, r.created)
-                     for i, r in self.rows.items()}
-        self.hw += offset
-
     def counters(self, now: float) -> Counters:
         oldest = next(iter(self.rows.values()), None)
         size = sum(len(r.payload) for r in self.rows.values())
@@ -92,6 +83,9 @@ class MemoryStore:
 
     def maintain(self, now: float) -> None:
         pass
+
+    def replaced(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass

@@ -3,8 +3,10 @@
 The only module that imports psycopg2. Each device child opens its own connection after
 fork. The drain query (`WHERE device = %s AND id > %s ORDER BY id LIMIT %s`) walks the
 primary key (device, id); inserts are batched (one statement per tick or per moved chunk).
-Ids come from the buffer (see `agent.storage.tiered`); the highest one ever used per device
-is kept in the meta table, so ids never repeat. Connection trouble raises StoreError fast
+Ids come from one sequence, so they never repeat; an append holds a per-device advisory
+lock, so rows of several writers (the daemon, `c8ysim backfill`) commit in id order and the
+drain never passes a row that commits later with a smaller id. Depth and size per device
+are kept in `c8ysim_counts` by statement triggers. Connection trouble raises StoreError fast
 (short connect and statement timeouts, TCP keepalives): the buffer then uses the local
 SQLite fallback. Schema changes run under an advisory lock, so children starting together
 do not race.
@@ -21,10 +23,12 @@ import psycopg2.extras
 from agent.storage import Record
 from agent.storage.readahead import ReadAhead
 from agent.storage.store import (
-    DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Limits, StoreError, user_meta)
+    DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Item, Limits, StoreError,
+    user_meta)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_LOCK_KEY = 0x63387973  # "c8ys": the advisory lock migrations hold
+APPEND_LOCK_CLASS = 0x6338  # with hashtext(device): the two-key lock appends hold
 CONNECT_TIMEOUT_S = 2  # libpq's minimum; a dead host must not stall the device loop
 STATEMENT_TIMEOUT_MS = 5_000
 # A table that fills fast (a backlog after an outage) has no statistics yet, and the planner
@@ -34,10 +38,9 @@ STATEMENT_TIMEOUT_MS = 5_000
 SESSION_OPTIONS = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c enable_bitmapscan=off"
 TCP_USER_TIMEOUT_MS = 5_000
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
-BYTES_SAMPLE_ROWS = 100
 READ_AHEAD_ROWS = 1_000  # one read serves ~12 drain peeks of one publish (~80 rows) each
 REASON_MAX_CHARS = 160
-LAST_ID_KEY = "buffer.last_id"
+LAST_ID_KEY = "buffer.last_id"  # where v1 kept the highest id the buffer handed out
 
 MIGRATIONS = {
     0: """
@@ -50,6 +53,34 @@ CREATE TABLE IF NOT EXISTS c8ysim_quarantine (
     PRIMARY KEY (device, id));
 CREATE TABLE IF NOT EXISTS c8ysim_meta (
     device text NOT NULL, key text NOT NULL, value text NOT NULL, PRIMARY KEY (device, key));
+""",
+    1: """
+CREATE SEQUENCE c8ysim_outbox_id_seq AS bigint;
+SELECT setval('c8ysim_outbox_id_seq', greatest(1,
+    (SELECT max(id) FROM c8ysim_outbox), (SELECT max(id) FROM c8ysim_quarantine),
+    (SELECT max(value::bigint) FROM c8ysim_meta WHERE key = 'buffer.last_id')));
+ALTER TABLE c8ysim_outbox ALTER COLUMN id SET DEFAULT nextval('c8ysim_outbox_id_seq');
+DELETE FROM c8ysim_meta WHERE key = 'buffer.last_id';
+CREATE TABLE c8ysim_counts (
+    device text PRIMARY KEY, depth bigint NOT NULL, bytes bigint NOT NULL);
+INSERT INTO c8ysim_counts
+    SELECT device, count(*), sum(length(payload)) FROM c8ysim_outbox GROUP BY device;
+CREATE FUNCTION c8ysim_count_added() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    INSERT INTO c8ysim_counts AS c
+        SELECT device, count(*), sum(length(payload)) FROM added GROUP BY device
+    ON CONFLICT (device) DO UPDATE
+        SET depth = c.depth + EXCLUDED.depth, bytes = c.bytes + EXCLUDED.bytes;
+    RETURN NULL; END $$;
+CREATE FUNCTION c8ysim_count_removed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    UPDATE c8ysim_counts AS c SET depth = c.depth - r.depth, bytes = c.bytes - r.bytes
+        FROM (SELECT device, count(*) AS depth, sum(length(payload)) AS bytes FROM removed
+              GROUP BY device) AS r WHERE c.device = r.device;
+    RETURN NULL; END $$;
+CREATE TRIGGER c8ysim_outbox_added AFTER INSERT ON c8ysim_outbox
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION c8ysim_count_added();
+CREATE TRIGGER c8ysim_outbox_removed AFTER DELETE ON c8ysim_outbox
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT
+    EXECUTE FUNCTION c8ysim_count_removed();
 """,
 }
 
@@ -81,6 +112,7 @@ def _reason(exc: psycopg2.Error) -> str:
 class PostgresStore:
     kind = "postgres"
     tombstones = False  # always the oldest tier: a deletion is a DELETE
+    lost_file = None
 
     def __init__(self, conn, device: str, limits: Limits):
         self.conn, self.device, self.limits = conn, device, limits
@@ -89,7 +121,7 @@ class PostgresStore:
         try:
             with self._errors():
                 self._migrate()
-                self._load_counters()
+                self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
         except BaseException:
             self.close()
             raise
@@ -110,37 +142,27 @@ class PostgresStore:
                 cur.execute("DELETE FROM c8ysim_schema")
                 cur.execute("INSERT INTO c8ysim_schema VALUES (%s)", (SCHEMA_VERSION,))
 
-    def _load_counters(self) -> None:
-        self.depth = self._one("SELECT count(*) FROM c8ysim_outbox WHERE device = %s")
-        self.quarantined = self._one("SELECT count(*) FROM c8ysim_quarantine WHERE device = %s")
-        self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
-        self.hw = max(int(self.get_meta(LAST_ID_KEY)[1] or 0),
-                      self._one("SELECT max(id) FROM c8ysim_outbox WHERE device = %s") or 0,
-                      self._one("SELECT max(id) FROM c8ysim_quarantine WHERE device = %s") or 0)
-        self.holds_meta = False  # never moved anywhere: it is the oldest tier
-
     # -- the Store protocol -------------------------------------------------------------------
 
-    def append(self, rows: Sequence[Record], meta: Mapping[str, str | None],
+    def append(self, items: Sequence[Item], meta: Mapping[str, str | None],
                now: float) -> int:
-        top = max([self.hw, *(r.id for r in rows)])
         with self._transaction() as cur:
-            added = self._insert_rows(cur, rows)
-            dropped = self._apply_limits(cur, self.depth + added, now)
-            upserts = {**meta, LAST_ID_KEY: str(top)}
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (APPEND_LOCK_CLASS, self.device))
+            self._insert_rows(cur, items)
+            dropped = self._apply_limits(cur, now)
+            upserts = dict(meta)
             if dropped:
                 upserts[DROPPED_KEY] = str(self.dropped + dropped)
             self._write_meta(cur, upserts)
-        self.depth += added - dropped
         self.dropped += dropped
-        self.hw = top
-        if dropped or any(r.id <= self.ahead.end for r in rows):
+        if dropped:
             self.ahead.clear()
         return dropped
 
     def peek(self, limit: int, after_id: int) -> list[Record]:
         with self._errors():
-            return self.ahead.peek(limit, after_id, self.hw, self._fetch)
+            return self.ahead.peek(limit, after_id, self._fetch)
 
     def _fetch(self, limit: int, after_id: int) -> list[Record]:
         with self.conn.cursor() as cur:
@@ -148,19 +170,19 @@ class PostgresStore:
                         "AND id > %s ORDER BY id LIMIT %s", (self.device, after_id, limit))
             return [Record(i, t, bytes(p), c) for i, t, p, c in cur.fetchall()]
 
-    def delete(self, ids: Sequence[int]) -> None:
+    def delete(self, ids: Sequence[int]) -> int:
         """Acknowledged rows. The commit does not wait for the WAL flush: a server crash may
         forget the last deletions, and those rows are sent again (at least once)."""
         if not ids:
-            return
+            return 0
         with self._transaction(durable=False) as cur:
             cur.execute("DELETE FROM c8ysim_outbox WHERE device = %s AND id = ANY(%s)",
                         (self.device, list(ids)))
             removed = cur.rowcount
-        self.depth -= removed
         self.ahead.discard(ids)
+        return removed
 
-    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> None:
+    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> int:
         ids = list(ids)
         with self._transaction() as cur:
             cur.execute("INSERT INTO c8ysim_quarantine SELECT device, id, topic, payload, "
@@ -169,9 +191,12 @@ class PostgresStore:
             cur.execute("DELETE FROM c8ysim_outbox WHERE device = %s AND id = ANY(%s)",
                         (self.device, ids))
             moved = cur.rowcount
-        self.depth -= moved
-        self.quarantined += moved
         self.ahead.discard(ids)
+        return moved
+
+    def depth(self) -> int:
+        with self._errors():
+            return self._one("SELECT depth FROM c8ysim_counts WHERE device = %s") or 0
 
     def get_meta(self, key: str) -> tuple[bool, str | None]:
         with self._errors(), self.conn.cursor() as cur:
@@ -191,31 +216,22 @@ class PostgresStore:
             cur.execute("DELETE FROM c8ysim_meta WHERE device = %s AND key = ANY(%s)",
                         (self.device, keys))
 
-    def min_id(self) -> int | None:
-        with self._errors():
-            return self._one("SELECT min(id) FROM c8ysim_outbox WHERE device = %s")
-
-    def renumber(self, offset: int) -> None:
-        # Two steps through negative ids: a single `id = id + offset` could collide mid-way.
-        with self._transaction() as cur:
-            cur.execute("UPDATE c8ysim_outbox SET id = -(id + %s) WHERE device = %s",
-                        (offset, self.device))
-            cur.execute("UPDATE c8ysim_outbox SET id = -id WHERE device = %s", (self.device,))
-        self.hw += offset
-        self.ahead.clear()
-
     def counters(self, now: float) -> Counters:
-        with self._errors():
+        with self._errors(), self.conn.cursor() as cur:
+            cur.execute("SELECT depth, bytes FROM c8ysim_counts WHERE device = %s",
+                        (self.device,))
+            depth, size = cur.fetchone() or (0, 0)
             oldest = self._one("SELECT created FROM c8ysim_outbox WHERE device = %s "
                                "ORDER BY id LIMIT 1")
-            mean = self._one(f"SELECT avg(length(payload)) FROM (SELECT payload FROM "
-                             f"c8ysim_outbox WHERE device = %s ORDER BY id "
-                             f"LIMIT {BYTES_SAMPLE_ROWS}) AS oldest") or 0
-        return Counters(self.depth, oldest, int(float(mean) * self.depth), self.dropped,
-                        self.quarantined)
+            quarantined = self._one("SELECT count(*) FROM c8ysim_quarantine WHERE device = %s")
+            self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
+        return Counters(depth, oldest, size, self.dropped, quarantined)
 
     def maintain(self, now: float) -> None:
         pass  # autovacuum reclaims space
+
+    def replaced(self) -> bool:
+        return False  # a dropped table shows as errors; the server keeps its own files
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -233,15 +249,12 @@ class PostgresStore:
             row = cur.fetchone()
         return row[0] if row else None
 
-    def _insert_rows(self, cur, rows: Sequence[Record]) -> int:
-        if not rows:
-            return 0
-        psycopg2.extras.execute_values(
-            cur, "INSERT INTO c8ysim_outbox (device, id, topic, payload, created) VALUES %s "
-                 "ON CONFLICT DO NOTHING",
-            [(self.device, r.id, r.topic, r.payload, r.created) for r in rows],
-            page_size=len(rows))
-        return cur.rowcount
+    def _insert_rows(self, cur, items: Sequence[Item]) -> None:
+        if items:
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO c8ysim_outbox (device, topic, payload, created) VALUES %s",
+                [(self.device, topic, payload, created) for topic, payload, created in items],
+                page_size=len(items))
 
     def _write_meta(self, cur, items: Mapping[str, str | None]) -> None:
         gone = [k for k, v in items.items() if v is None]
@@ -254,13 +267,15 @@ class PostgresStore:
                 cur, "INSERT INTO c8ysim_meta (device, key, value) VALUES %s ON CONFLICT "
                      "(device, key) DO UPDATE SET value = EXCLUDED.value", kept)
 
-    def _apply_limits(self, cur, depth: int, now: float) -> int:
+    def _apply_limits(self, cur, now: float) -> int:
         """Drop the oldest rows beyond max_records and those older than max_age (counted)."""
         dropped = 0
-        if depth > self.limits.max_records:
+        cur.execute("SELECT depth FROM c8ysim_counts WHERE device = %s", (self.device,))
+        excess = (cur.fetchone() or (0,))[0] - self.limits.max_records
+        if excess > 0:
             cur.execute("DELETE FROM c8ysim_outbox WHERE device = %s AND id IN (SELECT id FROM "
                         "c8ysim_outbox WHERE device = %s ORDER BY id LIMIT %s)",
-                        (self.device, self.device, depth - self.limits.max_records))
+                        (self.device, self.device, excess))
             dropped += cur.rowcount
         if self.sweep.due():
             cur.execute("DELETE FROM c8ysim_outbox WHERE device = %s AND created < %s",

@@ -3,9 +3,9 @@
 The session peeks after every PUBACK but publishes one batch (~80 rows) each time; a
 store with costly reads (PostgreSQL: a round trip and bytea decoding) reads a bigger page
 once and serves the following peeks from it. The window (start, end] is complete: it holds
-every queued row with start < id <= end. New rows always get ids above `end`, so writes
-never make it stale; deletes are applied to it; anything else (drops by the limits,
-renumbering) clears it.
+every queued row with start < id <= end. New rows always commit with ids above every id
+already committed (the store's append lock), so writes never make it stale; deletes are
+applied to it; anything else (drops by the limits) clears it.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ class ReadAhead:
         self.start = self.end = 0
         self.rows: list[Record] = []
 
-    def peek(self, limit: int, after_id: int, high_water: int,
+    def peek(self, limit: int, after_id: int,
              fetch: Callable[[int, int], list[Record]]) -> list[Record]:
         """Up to `limit` rows after `after_id`; `fetch(limit, after_id)` reads the store."""
         if not self.start <= after_id <= self.end:
             self.start = self.end = after_id
             self.rows = []
         self._forget_up_to(after_id)
-        if len(self.rows) < limit and self.end < high_water:
-            wanted = max(self.page_rows, limit - len(self.rows))
-            fetched = fetch(wanted, self.end)
+        if len(self.rows) < limit:
+            fetched = fetch(max(self.page_rows, limit - len(self.rows)), self.end)
             self.rows += fetched
-            self.end = fetched[-1].id if len(fetched) == wanted else high_water
+            self.end = fetched[-1].id if fetched else self.end
         return self.rows[:limit]
 
     def discard(self, ids: Iterable[int]) -> None:

@@ -5,12 +5,16 @@ WAL with `synchronous=NORMAL` by default: a power cut can lose the last transact
 were not yet checkpointed to the main file, but never corrupts it; `storage.synchronous:
 full` fsyncs every commit and loses nothing committed (on an SD card: ~100-500 commits/s,
 one per device tick, so affordable). The schema version lives in `PRAGMA user_version`.
-Ids are AUTOINCREMENT, so they never repeat, even after the queue empties; the buffer hands
-them out itself (explicit ids) so a row keeps its id when it moves between stores.
+Ids are AUTOINCREMENT, assigned by SQLite inside the writer's transaction, so they never
+repeat (even after the queue empties) and rows of several processes appending to the same
+file (the daemon, `c8ysim backfill`) never collide. The queue's depth and size are kept in
+the `counts` row by triggers, in the same transactions: every process sees the true depth.
 
 Space: `journal_size_limit` caps the WAL after checkpoints, `auto_vacuum=INCREMENTAL` lets
 the file shrink after a big backlog drained. A corrupt file is moved aside (renamed with a
-timestamp) and a fresh one started: never a crash loop.
+timestamp) and a fresh one started: never a crash loop; the store says so (`lost_file`) so
+the buffer can count what was in it. A file deleted or replaced under the open store is
+noticed (`replaced()`): the buffer then carries its rows over into a new file.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Iterable, Mapping, Sequence
 
 from agent.storage import Record, StorageConfigError
 from agent.storage.store import (
-    DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Limits, StoreError, user_meta)
+    DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Item, Limits, StoreError,
+    user_meta)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 PAGE_CACHE_KIB = 256  # per device; SQLite's default is 2 MiB
 BUSY_TIMEOUT_S = 2.0
@@ -36,7 +41,6 @@ VACUUM_CHECK_INTERVAL_S = 300.0
 VACUUM_MIN_FREE_PAGES = 256  # 1 MiB of 4 KiB pages
 VACUUM_PAGES_PER_STEP = 2048  # 8 MiB per step keeps the pause short
 CONVERT_MAX_ROWS = 10_000  # an old file is rebuilt for incremental vacuum only while small
-BYTES_SAMPLE_ROWS = 100
 IDS_PER_STATEMENT = 500
 
 CREATE_TABLES = """
@@ -54,16 +58,29 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     moved REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 # v2: meta.value may be NULL: a deletion the fallback remembers until PostgreSQL has it.
 V1_TO_V2 = """
 CREATE TABLE meta_v2 (key TEXT PRIMARY KEY, value TEXT);
 INSERT INTO meta_v2 SELECT key, value FROM meta;
 DROP TABLE meta;
-ALTER TABLE meta_v2 RENAME TO meta
+ALTER TABLE meta_v2 RENAME TO meta;
 """
-MIGRATIONS = {0: CREATE_TABLES, 1: V1_TO_V2}  # from user_version -> SCHEMA_VERSION
+# v3: the depth and size of the queue, kept by triggers for every writing process.
+V2_TO_V3 = """
+CREATE TABLE counts (depth INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO counts SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox;
+CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
+    UPDATE counts SET depth = depth + 1, bytes = bytes + length(NEW.payload); END;
+CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
+    UPDATE counts SET depth = depth - 1, bytes = bytes - length(OLD.payload); END;
+"""
+MIGRATIONS = {  # from user_version -> SCHEMA_VERSION
+    0: CREATE_TABLES + V2_TO_V3,
+    1: V1_TO_V2 + V2_TO_V3,
+    2: V2_TO_V3,
+}
 
 REASONS = {
     sqlite3.SQLITE_FULL: "disk full",
@@ -99,7 +116,8 @@ def store_path(storage, device_name: str) -> str:
 
 def open_store(storage, device_name: str, tombstones: bool = False,
                check: bool = False) -> "SqliteStore":
-    """Open (or create) a device's file; a corrupt one is moved aside and a fresh one begun."""
+    """Open (or create) a device's file; a corrupt one is moved aside and a fresh one begun
+    (`lost_file` names where it went)."""
     path = store_path(storage, device_name)
     existed = os.path.exists(path)
     try:
@@ -120,8 +138,10 @@ def _open_or_replace(path: str, storage, tombstones: bool, check: bool) -> "Sqli
     except SqliteError as exc:
         if not exc.corrupt:
             raise
-        move_aside(path, exc.reason)
-    return SqliteStore(path, limits, storage.synchronous, tombstones)
+        target = move_aside(path, exc.reason)
+    store = SqliteStore(path, limits, storage.synchronous, tombstones)
+    store.lost_file = target
+    return store
 
 
 def move_aside(path: str, reason: str) -> str:
@@ -134,12 +154,14 @@ def move_aside(path: str, reason: str) -> str:
     except OSError as exc:
         raise StoreError(f"{reason}; cannot move it aside: {exc.strerror}") from exc
     log.error("%s: %s; moved it aside to %s and started a fresh buffer (the rows in it are "
-              "not sent)", path, reason, target)
+              "not sent: see `lost` in c8ysim status)", path, reason, target)
     return target
 
 
 class SqliteStore:
     kind = "sqlite"
+    lost_file: str | None = None  # where a corrupt file found at open was moved
+    fresh = False  # a new or empty (truncated) file: whatever it held before is gone
 
     def __init__(self, path: str, limits: Limits, synchronous: str = "normal",
                  tombstones: bool = False, check: bool = False):
@@ -147,14 +169,16 @@ class SqliteStore:
         self.sweep = AgeSweep()
         self.next_vacuum_check = 0.0
         self.db: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None
         try:
             with self._errors():
                 self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-                fresh = self._configure(synchronous)
+                fresh = self.fresh = self._configure(synchronous)
                 if check:
                     self._quick_check()
                 self._migrate()
-                self._load_counters()
+                self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
+                self.identity = _identity(path)
         except BaseException:
             self.close()
             raise
@@ -192,23 +216,18 @@ class SqliteStore:
                 f"{self.path}: schema version {version} is newer than this c8ysim understands "
                 f"({SCHEMA_VERSION}); upgrade c8ysim or move the file away")
         if version < SCHEMA_VERSION:
-            with self._transaction():
-                for statement in MIGRATIONS[version].split(";"):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _load_counters(self) -> None:
-        self.depth = self._one("SELECT count(*) FROM outbox")
-        self.quarantined = self._one("SELECT count(*) FROM quarantine")
-        self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
-        self.hw = max(self._one("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") or 0,
-                      self._one("SELECT max(id) FROM outbox") or 0,
-                      self._one("SELECT max(id) FROM quarantine") or 0)
-        self.holds_meta = bool(self.meta_items())
+            # executescript() runs statements with triggers (';' inside) as written; the
+            # script holds its own transaction, so another process sees all of it or none.
+            try:
+                self.db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[version]} "
+                                      f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            except BaseException:
+                self._rollback_quietly()
+                raise
 
     def _convert_to_incremental_vacuum(self) -> None:
         """Files from before incremental vacuum are rebuilt once, while they are small."""
-        if self._one("PRAGMA auto_vacuum") != 0 or self.depth > CONVERT_MAX_ROWS:
+        if self._one("PRAGMA auto_vacuum") != 0 or self.depth() > CONVERT_MAX_ROWS:
             return
         try:
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -218,19 +237,17 @@ class SqliteStore:
 
     # -- the Store protocol -------------------------------------------------------------------
 
-    def append(self, rows: Sequence[Record], meta: Mapping[str, str | None],
+    def append(self, items: Sequence[Item], meta: Mapping[str, str | None],
                now: float) -> int:
         with self._errors(), self._transaction():
-            added = self.db.executemany(
-                "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                [(r.id, r.topic, r.payload, r.created) for r in rows]).rowcount if rows else 0
+            if items:
+                self.db.executemany(
+                    "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                    [(topic, payload, created) for topic, payload, created in items])
             for key, value in meta.items():
                 self._write_meta(key, value)
-            dropped = self._apply_limits(self.depth + added, now)
-        self.depth += added - dropped
+            dropped = self._apply_limits(now)
         self.dropped += dropped
-        self.hw = max([self.hw, *(r.id for r in rows)])
-        self.holds_meta = self.holds_meta or bool(user_meta(meta))
         return dropped
 
     def peek(self, limit: int, after_id: int) -> list[Record]:
@@ -240,26 +257,27 @@ class SqliteStore:
                 "LIMIT ?", (after_id, limit)).fetchall()
         return [Record(i, t, bytes(p), c) for i, t, p, c in rows]
 
-    def delete(self, ids: Sequence[int]) -> None:
+    def delete(self, ids: Sequence[int]) -> int:
         if not ids:
-            return
+            return 0
         with self._errors(), self._transaction():
-            removed = sum(self.db.execute(
-                f"DELETE FROM outbox WHERE id IN ({_marks(chunk)})", chunk).rowcount
-                for chunk in _chunks(ids))
-        self.depth -= removed
+            return sum(self.db.execute(f"DELETE FROM outbox WHERE id IN ({_marks(chunk)})",
+                                       chunk).rowcount for chunk in _chunks(ids))
 
-    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> None:
-        ids = list(ids)
-        if not ids:
-            return
+    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> int:
+        moved = 0
         with self._errors(), self._transaction():
-            moved = self.db.execute(
-                "INSERT OR REPLACE INTO quarantine SELECT id, topic, payload, created, ?, ? "
-                f"FROM outbox WHERE id IN ({_marks(ids)})", [reason, now, *ids]).rowcount
-            self.db.execute(f"DELETE FROM outbox WHERE id IN ({_marks(ids)})", ids)
-        self.depth -= moved
-        self.quarantined += moved
+            for chunk in _chunks(list(ids)):
+                self.db.execute(
+                    "INSERT OR REPLACE INTO quarantine SELECT id, topic, payload, created, ?, ? "
+                    f"FROM outbox WHERE id IN ({_marks(chunk)})", [reason, now, *chunk])
+                moved += self.db.execute(f"DELETE FROM outbox WHERE id IN ({_marks(chunk)})",
+                                         chunk).rowcount
+        return moved
+
+    def depth(self) -> int:
+        with self._errors():
+            return self._one("SELECT depth FROM counts")
 
     def get_meta(self, key: str) -> tuple[bool, str | None]:
         with self._errors():
@@ -274,29 +292,19 @@ class SqliteStore:
         keys = [k for k in keys if not k.startswith(INTERNAL_META_PREFIX)]
         with self._errors(), self._transaction():
             self.db.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
-        self.holds_meta = bool(self.meta_items())
-
-    def min_id(self) -> int | None:
-        with self._errors():
-            return self._one("SELECT min(id) FROM outbox")
-
-    def renumber(self, offset: int) -> None:
-        # Two steps through negative ids: a single `id = id + offset` could collide mid-way.
-        with self._errors(), self._transaction():
-            self.db.execute("UPDATE outbox SET id = -(id + ?)", (offset,))
-            self.db.execute("UPDATE outbox SET id = -id")
-            top = self._one("SELECT max(id) FROM outbox") or 0
-            self.db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'",
-                            (top,))
-        self.hw = max(self.hw, top)
 
     def counters(self, now: float) -> Counters:
         with self._errors():
+            depth, size = self.db.execute("SELECT depth, bytes FROM counts").fetchone()
             oldest = self._one("SELECT created FROM outbox ORDER BY id LIMIT 1")
-            mean = self._one("SELECT avg(length(payload)) FROM (SELECT payload FROM outbox "
-                             "ORDER BY id LIMIT ?)", (BYTES_SAMPLE_ROWS,)) or 0
-        return Counters(self.depth, oldest, int(mean * self.depth), self.dropped,
-                        self.quarantined)
+            quarantined = self._one("SELECT count(*) FROM quarantine")
+            self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
+        return Counters(depth, oldest, size, self.dropped, quarantined)
+
+    def replaced(self) -> bool:
+        """The path no longer leads to the file this connection has open (deleted, or
+        replaced by a copy or a new file): what is written now would be lost at close."""
+        return self.db is not None and _identity(self.path) != self.identity
 
     def maintain(self, now: float) -> None:
         """Give free pages back to the file system after a backlog drained."""
@@ -330,18 +338,20 @@ class SqliteStore:
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                             (key, value))
 
-    def _apply_limits(self, depth: int, now: float) -> int:
+    def _apply_limits(self, now: float) -> int:
         """Drop the oldest rows beyond max_records and those older than max_age (counted)."""
         dropped = 0
-        if depth > self.limits.max_records:
+        excess = self._one("SELECT depth FROM counts") - self.limits.max_records
+        if excess > 0:
             dropped += self.db.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                (depth - self.limits.max_records,)).rowcount
+                (excess,)).rowcount
         if self.sweep.due():
             dropped += self.db.execute("DELETE FROM outbox WHERE created < ?",
                                        (now - self.limits.max_age_s,)).rowcount
         if dropped:
-            self._write_meta(DROPPED_KEY, str(self.dropped + dropped))
+            before = int(self._one("SELECT value FROM meta WHERE key = ?", (DROPPED_KEY,)) or 0)
+            self._write_meta(DROPPED_KEY, str(before + dropped))
         return dropped
 
     @contextmanager
@@ -387,6 +397,14 @@ def _describe(code: int, exc: sqlite3.Error, path: str) -> str:
         except OSError:
             pass
     return REASONS.get(code, str(exc))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _marks(ids: Sequence) -> str:

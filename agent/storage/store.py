@@ -1,10 +1,12 @@
 """The internal Store protocol: one place rows can live (SQLite file, PostgreSQL, memory).
 
-A store is simpler than a Buffer: it takes rows with ids already assigned (the buffer owns
-the id counter so a row keeps its id when it moves between stores), and it raises
-`StoreError` on I/O trouble instead of hiding it. `agent.storage.tiered` turns a chain of
-stores into a Buffer that never raises. This module also holds what every store shares:
-the size/age limits and their bookkeeping.
+A store numbers its rows itself (SQLite AUTOINCREMENT, a PostgreSQL sequence, a counter in
+memory): the database is the one writer of ids, so any number of processes can append to
+the same store (the daemon, `c8ysim backfill`, `c8ysim send-test`) and no row ever collides
+with another. Its depth and size come from the store too (kept by triggers), so a row
+another process added is counted at once. A store raises `StoreError` on I/O trouble;
+`agent.storage.tiered` turns a chain of stores into a Buffer that never raises. This module
+also holds what every store shares: the size/age limits and their bookkeeping.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Iterable, Mapping, Protocol, Sequence
 from agent.storage import Record
 
 AGE_CHECK_INTERVAL_S = 60.0  # a max_age sweep scans rows: do it at most this often
-INTERNAL_META_PREFIX = "buffer."  # the store's own keys (drop counter, id high-water)
+INTERNAL_META_PREFIX = "buffer."  # the store's own keys (drop counter)
 DROPPED_KEY = "buffer.dropped"
+
+Item = tuple[str, bytes, float]  # (topic, payload, created): a row before it has an id
 
 
 class StoreError(Exception):
@@ -70,22 +74,23 @@ class AgeSweep:
 class Store(Protocol):
     kind: str  # "sqlite", "postgres" or "memory"
     alive: bool  # False once the connection is gone: reopen before using it again
-    depth: int  # rows queued, tracked in-process
-    dropped: int  # rows dropped by the limits, ever (persisted)
-    quarantined: int  # rows in quarantine
-    hw: int  # the highest id this store ever held (ids above it are new to it)
-    holds_meta: bool  # device-state keys that would have to move with the rows
+    lost_file: str | None  # a file that was moved aside (corrupt) when this store opened
 
-    def append(self, rows: Sequence[Record], meta: Mapping[str, str | None],
+    def append(self, items: Sequence[Item], meta: Mapping[str, str | None],
                now: float) -> int:
-        """Insert rows under their ids (ids already present are skipped) and set meta keys
-        in one transaction, then apply the limits; returns the rows dropped by them."""
+        """Insert rows (the store numbers them) and set meta keys in one transaction, then
+        apply the limits; returns the rows dropped by them."""
 
     def peek(self, limit: int, after_id: int) -> list[Record]: ...
 
-    def delete(self, ids: Sequence[int]) -> None: ...
+    def delete(self, ids: Sequence[int]) -> int:
+        """Remove rows; returns how many were there."""
 
-    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> None: ...
+    def quarantine(self, ids: Sequence[int], reason: str, now: float) -> int:
+        """Move rows out of the queue, keeping them for inspection; returns how many."""
+
+    def depth(self) -> int:
+        """Rows queued now, as the store counts them (rows of other processes included)."""
 
     def get_meta(self, key: str) -> tuple[bool, str | None]:
         """(present, value); a deletion remembered by a non-primary store is (True, None)."""
@@ -95,15 +100,13 @@ class Store(Protocol):
 
     def forget_meta(self, keys: Iterable[str]) -> None: ...
 
-    def min_id(self) -> int | None: ...
-
-    def renumber(self, offset: int) -> None:
-        """Add `offset` (> 0) to every queued id (only before any of them was handed out)."""
-
     def counters(self, now: float) -> Counters: ...
 
     def maintain(self, now: float) -> None:
         """Periodic housekeeping (space reclaim); cheap when nothing is due."""
+
+    def replaced(self) -> bool:
+        """True when the file under this open store was deleted or replaced by another."""
 
     def close(self) -> None: ...
 

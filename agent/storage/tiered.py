@@ -3,25 +3,27 @@
 Tiers, oldest first:   SQLite file -> memory
                        PostgreSQL -> SQLite fallback file -> memory
 
-The buffer hands out the ids itself (one counter above every id any tier ever held), so a
-row keeps its id when it moves to another tier and the session's drain cursor stays valid.
-Invariant: every row in a tier has a smaller id than every row in a later tier. Hence:
+Each store numbers its own rows. The buffer hands out ids that name the tier too
+(`tier slot << 64 | row id`), so an ack or a quarantine finds its store. Invariant: every
+row in a tier is older than every row in a later tier. Hence:
 
-- Writes go to the first working tier at or after the newest tier that holds rows.
-- When an older tier works again, rows move back into it, oldest first (in maintenance, run
-  by put_many and stats), so order is kept across every switch: the fallback backlog goes
-  out before anything written after PostgreSQL came back.
+- Writes go to the first working tier at or after the newest tier that holds rows. A
+  durable tier drains where it is; only the memory overflow moves its rows (and the device
+  state) back into a durable tier once one works again, so nothing waits in memory longer
+  than a storage fault lasts.
 - Reads concatenate the tiers. A tier that cannot be read and may hold rows stops the read
-  there: nothing newer goes out before what it holds (order over availability; the rows wait
-  durably in the fallback). A tier known to be empty (e.g. PostgreSQL died while the drain
-  was caught up) does not stop the read: the fallback is sent during the outage.
+  there: nothing newer goes out before what it holds (order over availability). A tier known
+  to be empty (PostgreSQL died while the drain was caught up) does not stop it.
+- The drain is a pass: `peek(limit, 0)` starts one, `peek(limit, after_id)` goes on after
+  the last row the caller took. The buffer keeps a cursor per tier, so rows another process
+  appended, or that moved out of memory, are met in order within the same pass.
 - Acks for a tier that cannot be written are remembered and applied when it is back.
 - A failing tier is retried with capped exponential backoff; failures are logged once per
   burst, recoveries once, and `stats().degraded` says what is wrong in one line.
-
-Ids are provisional while a tier has never been opened (its high-water is unknown): when it
-opens, later tiers are renumbered above it if needed. That is safe because nothing behind a
-never-opened tier was handed out (the read rule above).
+- A file deleted or replaced under the running device is noticed within a second: its rows
+  (still readable through the open handle) are carried over into a new file. Rows the
+  buffer knows it could not keep (a corrupt file moved aside, memory at exit with no working
+  disk) are counted in `lost` (kept in the ledger, see `agent.storage.ledger`) and logged.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from typing import Callable, Iterable, Mapping, Sequence
 from agent import backoff
 from agent.storage import BufferStats, Record, StorageConfigError
 from agent.storage.bursts import BurstLog
-from agent.storage.store import EMPTY, Counters, Store, StoreError
+from agent.storage.ledger import Ledger
+from agent.storage.store import EMPTY, Counters, Item, Store, StoreError
 
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
 MOVE_CHUNK_ROWS = 2_000
-MOVE_BUDGET_S = 0.2  # per maintenance call: a big move-back never stalls a tick for long
+MOVE_BUDGET_S = 0.2  # per maintenance call: a big move never stalls a tick for long
+REPLACED_CHECK_S = 1.0  # how often the buffer looks whether its file is still there
+ID_BITS = 64  # a store's own row ids fit below this
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +53,19 @@ log = logging.getLogger(__name__)
 class Tier:
     """One place rows can live: its store (once opened), how to (re)open it, and its health."""
 
-    def __init__(self, label: str, opener: Callable[[bool], Store]):
-        self.label, self.opener = label, opener  # opener(check_integrity) -> Store
+    def __init__(self, label: str, opener: Callable[[bool], Store], durable: bool = True):
+        self.label, self.opener, self.durable = label, opener, durable
         self.store: Store | None = None  # None until it opened once: contents unknown
+        self.slot = 0  # in the ids handed out; a new slot each time the store is replaced
         self.failure: str | None = None
         self.failures = 0
         self.retry_at = 0.0
         self.recovering = False
         self.known_empty = False  # it never opened, but it holds nothing (no file yet)
         self.pending_acks: set[int] = set()
+        self.cursor = 0  # the last row id of this tier the drain took in this pass
+        self.depth = 0  # rows it holds: counted by the store on open and in every stats(),
+        # followed in between by what this process appended and removed
         self.last_counters = EMPTY
         self.errors = BurstLog(log)
         self.drops = BurstLog(log)
@@ -69,19 +78,14 @@ class Tier:
     def writable(self) -> bool:
         return self.readable and self.failure is None
 
-    @property
-    def unknown(self) -> bool:
-        """Never opened, so it may hold rows older than anything in later tiers."""
-        return self.store is None and not self.known_empty
-
     def unsent(self) -> int | None:
-        """Rows it may still hand out; None when unknown."""
+        """Rows it may still hand out; None when unknown (never opened, may hold rows)."""
         if self.store is None:
-            return None if self.unknown else 0
-        return max(0, self.store.depth - len(self.pending_acks))
+            return 0 if self.known_empty else None
+        return max(0, self.depth - len(self.pending_acks))
 
-    def holds_something(self) -> bool:
-        return self.store is not None and (self.store.depth > 0 or self.store.holds_meta)
+    def holds_rows(self) -> bool:
+        return self.unsent() != 0
 
     def peek(self, limit: int, after_id: int) -> list[Record]:
         rows = self.store.peek(limit + len(self.pending_acks), after_id)
@@ -89,26 +93,35 @@ class Tier:
 
 
 class TieredBuffer:
-    def __init__(self, tiers: Sequence[Tier], backend: str,
+    def __init__(self, tiers: Sequence[Tier], backend: str, ledger: Ledger | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None):
-        self.tiers, self.backend = list(tiers), backend
+        self.tiers, self.backend, self.ledger = list(tiers), backend, ledger
         self.clock, self.wall, self.rng = clock, wall, rng or random.Random()
+        for index, tier in enumerate(self.tiers):
+            tier.slot = index
         self.moves = BurstLog(log)
-        self.last_id = 0
+        self.taken: dict[int, int] = {}  # tier index -> last row id the latest peek gave
+        self.next_replaced_check = 0.0
         for tier in reversed(self.tiers):  # newest first: a failure can name its fallback
             self._first_open(tier)
-        self._normalize_from(0)
 
     # -- the Buffer contract ------------------------------------------------------------------
 
-    def put_many(self, items: Iterable[tuple[str, bytes, float]],
-                 meta: Mapping[str, str | None] | None = None) -> None:
+    def put_many(self, items: Iterable[Item], meta: Mapping[str, str | None] | None = None
+                 ) -> None:
         self._maintain(self.clock())
-        self._write(self._number(items), dict(meta or {}))
+        rows = [(topic, bytes(payload), created) for topic, payload, created in items]
+        meta = dict(meta or {})
+        if not self._write(rows, meta):
+            raise StoreError("no store can take the readings")  # only without memory
+        if meta and self.ledger is not None:
+            primary = self.tiers[0]
+            self.ledger.update(meta, primary.unsent() if primary.readable else None)
+            self.ledger.save()
 
     def set_meta(self, key: str, value: str | None) -> None:
-        self._write([], {key: value})
+        self.put_many([], {key: value})
 
     def get_meta(self, key: str) -> str | None:
         for tier in reversed(self.tiers):  # the newest value lives in the newest tier
@@ -120,36 +133,41 @@ class TieredBuffer:
                     continue
                 if found:
                     return value
-        return None
+        return self.ledger.meta.get(key) if self.ledger is not None else None
 
     def peek(self, limit: int, after_id: int = 0) -> list[Record]:
+        self._follow(after_id)
         rows: list[Record] = []
-        floor = after_id  # later tiers only hold ids above every id an earlier tier held
-        for tier in self.tiers:
+        self.taken = {}
+        for index, tier in enumerate(self.tiers):
             if len(rows) >= limit:
                 break
-            got = self._peek_tier(tier, limit - len(rows), floor)
-            if got is None and tier.unsent() != 0:
-                break  # it may hold older rows: send nothing newer before them
-            rows += got or []
-            floor = max(floor, tier.store.hw if tier.store else 0)
+            got = self._peek_tier(tier, limit - len(rows))
+            if got is None:
+                if tier.holds_rows():
+                    break  # it may hold older rows: send nothing newer before them
+                continue
+            if got:
+                self.taken[index] = got[-1].id
+                rows += [Record(tier.slot << ID_BITS | r.id, r.topic, r.payload, r.created)
+                         for r in got]
         return rows
 
     def ack(self, ids: Iterable[int]) -> None:
-        for tier, group in self._by_owner(ids):
+        for tier, group in self._by_tier(ids):
             if tier.writable:
                 try:
-                    tier.store.delete(group)
+                    tier.depth -= tier.store.delete(group)
                     continue
                 except StoreError as exc:
                     self._failed(tier, exc)
             tier.pending_acks.update(group)
 
     def quarantine(self, ids: Iterable[int], reason: str) -> None:
-        for tier, group in self._by_owner(ids):
+        for tier, group in self._by_tier(ids):
             if tier.readable:
                 try:
-                    tier.store.quarantine(group, reason, self.wall())
+                    tier.depth -= tier.store.quarantine(group, reason, self.wall())
                 except StoreError as exc:
                     self._failed(tier, exc)  # the rows stay; the session meets them again
 
@@ -162,60 +180,98 @@ class TieredBuffer:
             oldest_age_s=None if oldest is None else max(0.0, now - oldest),
             bytes=sum(c.bytes for c in parts), dropped=sum(c.dropped for c in parts),
             quarantined=sum(c.quarantined for c in parts), degraded=self._degraded(),
-            backend=self.backend)
+            backend=self.backend, lost=self.ledger.lost if self.ledger else 0)
 
     def close(self) -> None:
         """Last attempt to get readings held in memory onto a durable store, then close."""
         self._maintain(math.inf)
-        held = self.tiers[-1].unsent()
+        if self.ledger is not None and self.tiers[0].readable:
+            self.ledger.update({}, self.tiers[0].unsent())
+            self.ledger.save()
+        memory = self.tiers[-1]
+        held = memory.unsent() if not memory.durable else 0
         if held:
-            log.error("%d readings held in memory are lost: no durable store works", held)
+            self._lose(held, f"{held} readings held in memory are lost: no durable store "
+                             "works")
         for tier in self.tiers:
             if tier.store is not None:
                 tier.store.close()
 
-    # -- writing ------------------------------------------------------------------------------
+    # -- reading ------------------------------------------------------------------------------
 
-    def _number(self, items: Iterable[tuple[str, bytes, float]]) -> list[Record]:
-        rows = []
-        for topic, payload, created in items:
-            self.last_id += 1
-            rows.append(Record(self.last_id, topic, bytes(payload), created))
-        return rows
+    def _follow(self, after_id: int) -> None:
+        """Move the tiers' cursors: a new pass, or on after the row the caller took last."""
+        if after_id <= 0:
+            for tier in self.tiers:
+                tier.cursor = 0
+            return
+        tier = self._tier_of(after_id >> ID_BITS)
+        if tier is None:
+            return  # a row of a store replaced since: the cursors stay
+        index = self.tiers.index(tier)
+        for earlier in range(index):  # the caller took everything before its last row
+            if earlier in self.taken:
+                self.tiers[earlier].cursor = max(self.tiers[earlier].cursor,
+                                                 self.taken[earlier])
+        tier.cursor = after_id & ((1 << ID_BITS) - 1)
 
-    def _write(self, rows: list[Record], meta: dict[str, str | None]) -> None:
-        newest = max((i for i, t in enumerate(self.tiers) if t.holds_something()), default=0)
-        for tier in self.tiers[newest:]:
-            if tier.writable:
-                try:
-                    dropped = tier.store.append(rows, meta, self.wall())
-                except StoreError as exc:
-                    self._failed(tier, exc)
-                    continue
-                self._succeeded(tier, dropped)
-                return
-
-    def _by_owner(self, ids: Iterable[int]) -> list[tuple[Tier, list[int]]]:
-        """Group ids by the tier that holds them: the first whose high-water reaches them."""
-        groups: dict[int, list[int]] = {}
-        known = [(i, t) for i, t in enumerate(self.tiers) if t.store is not None]
-        for row_id in ids:
-            owner = next((i for i, t in known if row_id <= t.store.hw), None)
-            if owner is not None:
-                groups.setdefault(owner, []).append(row_id)
-        return [(self.tiers[i], group) for i, group in sorted(groups.items())]
-
-    def _peek_tier(self, tier: Tier, limit: int, after_id: int) -> list[Record] | None:
-        """Its rows, or None when it cannot be read."""
+    def _peek_tier(self, tier: Tier, limit: int) -> list[Record] | None:
+        """Its rows after its cursor, or None when it cannot be read."""
         if not tier.readable:
             return None
-        if tier.store.depth == 0:
-            return []
         try:
-            return tier.peek(limit, after_id)
+            return tier.peek(limit, tier.cursor)
         except StoreError as exc:
             self._failed(tier, exc)
             return None
+
+    def _tier_of(self, slot: int) -> Tier | None:
+        return next((t for t in self.tiers if t.slot == slot), None)
+
+    def _by_tier(self, ids: Iterable[int]) -> list[tuple[Tier, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for row_id in ids:
+            groups.setdefault(row_id >> ID_BITS, []).append(row_id & ((1 << ID_BITS) - 1))
+        found = [(self._tier_of(slot), group) for slot, group in sorted(groups.items())]
+        return [(tier, group) for tier, group in found if tier is not None]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _write(self, rows: list[Item], meta: dict[str, str | None]) -> bool:
+        for tier in self._write_candidates():
+            if self._append(tier, rows, meta):
+                return True
+        return False
+
+    def _write_candidates(self) -> list[Tier]:
+        """Working tiers at or after the newest one that holds (or may hold) rows."""
+        newest = max((i for i, t in enumerate(self.tiers) if t.holds_rows()), default=0)
+        return [t for t in self.tiers[newest:] if t.writable]
+
+    def _append(self, tier: Tier, rows: list[Item], meta: dict[str, str | None]) -> bool:
+        """Write to `tier`, first taking over the device state later tiers hold (so the
+        newest value always lives in the newest tier that has the key)."""
+        later = [t for t in self.tiers[self.tiers.index(tier) + 1:] if t.readable]
+        try:
+            carried = {}
+            for source in later:
+                carried.update(source.store.meta_items())
+            dropped = tier.store.append(rows, {**carried, **meta}, self.wall())
+        except StoreError as exc:
+            self._failed(tier, exc)
+            return False
+        tier.depth += len(rows) - dropped
+        self._succeeded(tier, dropped)
+        for source in later:
+            self._forget_meta(source, carried)
+        return True
+
+    def _forget_meta(self, tier: Tier, keys) -> None:
+        if keys:
+            try:
+                tier.store.forget_meta(keys)
+            except StoreError as exc:
+                self._failed(tier, exc)
 
     # -- health -------------------------------------------------------------------------------
 
@@ -227,22 +283,56 @@ class TieredBuffer:
             tier.known_empty = exc.empty
             self._failed(tier, exc)
             return
-        self.last_id = max(self.last_id, tier.store.hw)
+        self._opened(tier, previous_depth=None)
 
-    def _retry(self, index: int, tier: Tier) -> None:
+    def _opened(self, tier: Tier, previous_depth: int | None) -> None:
+        """A store (re)opened. If its file is new, empty or was moved aside, the readings it
+        held are lost: count them (the ledger knows the primary's from before a restart),
+        and a primary starts from the ledger's device state, so registers never go back."""
+        store = tier.store
+        try:
+            tier.depth = store.depth()
+        except StoreError as exc:
+            self._failed(tier, exc)
+            return
+        if not (getattr(store, "fresh", False) or store.lost_file):
+            return
+        primary = tier is self.tiers[0] and self.ledger is not None
+        held = previous_depth if previous_depth is not None else (
+            self.ledger.queued if primary else 0)
+        if held:
+            where = f"moved aside to {store.lost_file}" if store.lost_file else "gone"
+            self._lose(held, f"{tier.label}: the file that held {held} readings is {where}")
+        if primary and self.ledger.meta:
+            try:
+                store.append([], dict(self.ledger.meta), self.wall())
+            except StoreError as exc:
+                self._failed(tier, exc)
+
+    def _retry(self, tier: Tier) -> None:
         if not tier.readable:
-            never_opened = tier.store is None
+            previous = tier.unsent() if tier.store is not None else None
             if tier.store is not None:
                 tier.store.close()
             try:
-                tier.store = tier.opener(True)  # after a failure, check the file's integrity
+                store = tier.opener(True)  # after a failure, check the file's integrity
             except (StoreError, StorageConfigError) as exc:
                 self._failed(tier, exc if isinstance(exc, StoreError) else StoreError(str(exc)))
-                tier.known_empty = never_opened and getattr(exc, "empty", False)
+                tier.known_empty = tier.store is None and getattr(exc, "empty", False)
                 return
-            if never_opened:
-                self._normalize_from(index)
+            replaced = tier.store is not None and (store.lost_file or getattr(store, "fresh",
+                                                                              False))
+            tier.store = store
+            if replaced:
+                self._new_slot(tier)
+            self._opened(tier, previous)
         tier.failure, tier.recovering = None, True
+
+    def _new_slot(self, tier: Tier) -> None:
+        """The tier's store is another one now: ids handed out before name nothing in it."""
+        tier.slot = max(t.slot for t in self.tiers) + 1
+        tier.cursor = 0
+        tier.pending_acks.clear()
 
     def _failed(self, tier: Tier, exc: StoreError) -> None:
         tier.failure, tier.recovering = exc.reason, False
@@ -251,8 +341,8 @@ class TieredBuffer:
             tier.failures, RETRY_BASE_S, RETRY_MAX_S, self.rng)
         fallback = self._fallback_for(tier)
         level = logging.ERROR if fallback is self.tiers[-1] else logging.WARNING
-        tier.errors(level, "%s: %s; writing to the %s until it works again", tier.label,
-                    exc.reason, fallback.label)
+        where = f"writing to the {fallback.label}" if fallback is not tier else "retrying"
+        tier.errors(level, "%s: %s; %s until it works again", tier.label, exc.reason, where)
 
     def _succeeded(self, tier: Tier, dropped: int) -> None:
         if tier.recovering:
@@ -267,14 +357,26 @@ class TieredBuffer:
         later = self.tiers[self.tiers.index(tier) + 1:]
         return next((t for t in later if t.writable), self.tiers[-1])
 
+    def _lose(self, count: int, message: str) -> None:
+        log.warning("%s (lost so far: %d)", message,
+                    count + (self.ledger.lost if self.ledger else 0))
+        if self.ledger is not None:
+            self.ledger.lost += count
+            self.ledger.save()
+
     def _maintain(self, now: float) -> None:
-        for index, tier in enumerate(self.tiers):
+        for tier in self.tiers:
             if tier.failure is not None and now >= tier.retry_at:
-                self._retry(index, tier)
+                self._retry(tier)
+        if now >= self.next_replaced_check:
+            self.next_replaced_check = now + REPLACED_CHECK_S
+            for tier in self.tiers:
+                if tier.readable and tier.store.replaced():
+                    self._carry_over(tier)
         for tier in self.tiers:
             if tier.pending_acks and tier.writable:
                 self._flush_acks(tier)
-        self._move_back()
+        self._move_out_of_memory()
         for tier in self.tiers:
             if tier.writable:
                 try:
@@ -284,108 +386,89 @@ class TieredBuffer:
 
     def _flush_acks(self, tier: Tier) -> None:
         try:
-            tier.store.delete(sorted(tier.pending_acks))
+            tier.depth -= tier.store.delete(sorted(tier.pending_acks))
         except StoreError as exc:
             self._failed(tier, exc)
             return
         tier.pending_acks.clear()
 
-    # -- moving rows back -------------------------------------------------------------------------
+    # -- moving rows ----------------------------------------------------------------------------
 
-    def _move_back(self) -> None:
+    def _carry_over(self, tier: Tier) -> None:
+        """Its file was deleted or replaced: copy what the open handle still reads into a
+        file opened anew at the path, then let the old one go."""
+        old = tier.store
+        log.error("%s: the file was deleted or replaced while in use; carrying its readings "
+                  "over into a new file", tier.label)
+        try:
+            new = tier.opener(True)
+        except (StoreError, StorageConfigError) as exc:
+            tier.errors(logging.ERROR, "%s: cannot open a new file (%s); keeping the "
+                        "readings in the deleted one until it can", tier.label, exc)
+            return
+        try:
+            moved = self._copy_all(old, new)
+        except StoreError as exc:
+            new.close()
+            tier.errors(logging.ERROR, "%s: carrying over failed (%s); retrying", tier.label,
+                        exc.reason)
+            return
+        old.close()
+        tier.store = new
+        self._new_slot(tier)
+        log.warning("%s: carried %d readings over into the new file", tier.label, moved)
+
+    @staticmethod
+    def _copy_all(old: Store, new: Store) -> int:
+        after, moved = 0, 0
+        new.append([], old.meta_items(), time.time())
+        while rows := old.peek(MOVE_CHUNK_ROWS, after):
+            new.append([(r.topic, r.payload, r.created) for r in rows], {}, time.time())
+            after, moved = rows[-1].id, moved + len(rows)
+        return moved
+
+    def _move_out_of_memory(self) -> None:
+        """Memory rows and state go back into a durable tier as soon as one works, oldest
+        first and behind everything older (the write rule), in bounded chunks."""
+        memory = self.tiers[-1]
+        if memory.durable or not (memory.depth or memory.store.meta_items()):
+            return
+        durable = self.tiers[:-1]
+        newest = max((i for i, t in enumerate(durable) if t.holds_rows()), default=0)
+        dest = next((t for t in durable[newest:] if t.writable), None)
         deadline = self.clock() + MOVE_BUDGET_S
-        while (pair := self._move_pair()) and self._move_chunk(*pair):
-            if self.clock() >= deadline:
+        while dest is not None and self.clock() <= deadline:
+            rows = memory.store.peek(MOVE_CHUNK_ROWS, 0)
+            if not self._append(dest, [(r.topic, r.payload, r.created) for r in rows], {}):
                 return
-
-    def _move_pair(self) -> tuple[Tier, Tier] | None:
-        """(older working tier, next tier holding something) when rows can move back."""
-        for index, dest in enumerate(self.tiers):
-            if not dest.writable:
-                continue
-            for src in self.tiers[index + 1:]:
-                if src.unknown:
-                    return None  # it may hold older rows: moving past it breaks the order
-                if src.holds_something():
-                    return (dest, src) if src.readable else None
-            return None
-        return None
-
-    def _move_chunk(self, dest: Tier, src: Tier) -> bool:
-        """Copy the oldest chunk (and the device state) of `src` into `dest`, then delete it
-        from `src`. Ids are kept; rows `dest` already held (a copy interrupted before the
-        delete) are not copied again, so nothing acked comes back."""
-        try:
-            rows, meta = src.peek(MOVE_CHUNK_ROWS, 0), src.store.meta_items()
-        except StoreError as exc:
-            self._failed(src, exc)
-            return False
-        if not rows and not meta:
-            return False
-        fresh = [r for r in rows if r.id > dest.store.hw]
-        if not (self._append_moved(dest, fresh, meta) and self._forget_moved(src, rows, meta)):
-            return False
-        self.moves(logging.INFO, "moving readings from the %s back to the %s (%d left)",
-                   src.label, dest.label, src.store.depth)
-        return True
-
-    def _append_moved(self, dest: Tier, rows: list[Record], meta: dict) -> bool:
-        try:
-            dropped = dest.store.append(rows, meta, self.wall())
-        except StoreError as exc:
-            self._failed(dest, exc)
-            return False
-        self._succeeded(dest, dropped)
-        return True
-
-    def _forget_moved(self, src: Tier, rows: list[Record], meta: dict) -> bool:
-        try:
-            src.store.delete([r.id for r in rows])
-            src.store.forget_meta(meta)
-        except StoreError as exc:
-            self._failed(src, exc)
-            return False
-        return True
-
-    def _normalize_from(self, start: int) -> None:
-        """Renumber tiers from `start` on whose ids are not above every earlier tier's."""
-        floor = max((t.store.hw for t in self.tiers[:start] if t.store is not None), default=0)
-        for tier in self.tiers[start:]:
-            if not tier.readable:
-                continue
-            try:
-                low = tier.store.min_id()
-                if low is not None and low <= floor:
-                    log.warning("%s: renumbering readings above id %d to keep the order",
-                                tier.label, floor)
-                    tier.store.renumber(floor + 1 - low)
-            except StoreError as exc:
-                self._failed(tier, exc)
-                continue
-            floor = max(floor, tier.store.hw)
-        self.last_id = max(self.last_id, floor)
+            memory.depth -= memory.store.delete([r.id for r in rows])
+            self.moves(logging.INFO, "moved readings from the %s into the %s (%d left)",
+                       memory.label, dest.label, memory.depth)
+            if not memory.depth:
+                return
 
     # -- reporting ----------------------------------------------------------------------------
 
     def _counters(self, tier: Tier, now: float) -> Counters:
-        """Fresh when it can be read; else what it last said, with the depth it is known to
-        hold (unknown tiers count as empty)."""
+        """Fresh when it can be read; else what it last said."""
         if tier.readable:
             try:
                 tier.last_counters = tier.store.counters(now)
+                tier.depth = tier.last_counters.depth
             except StoreError as exc:
                 self._failed(tier, exc)
-        last, store = tier.last_counters, tier.store
-        if store is None:
+        last = tier.last_counters
+        if tier.store is None:
             return last
-        return Counters(tier.unsent(), last.oldest_created, last.bytes, store.dropped,
-                        store.quarantined)
+        return Counters(tier.unsent() or 0, last.oldest_created, last.bytes, last.dropped,
+                        last.quarantined)
 
     def _degraded(self) -> str | None:
         parts = [f"{t.label}: {t.failure}" for t in self.tiers if t.failure]
+        primary_down = self.tiers[0].failure is not None
         parts += [f"{t.unsent()} readings in the {t.label}" for t in self.tiers[1:]
-                  if t.unsent()]
-        blocker = next((t for t in self.tiers if not t.readable and t.unsent() != 0), None)
+                  if t.unsent() and (primary_down or not t.durable)]
+        blocker = next((t for t in self.tiers if not t.readable and t.holds_rows()), None)
         if blocker and any(t.unsent() for t in self.tiers[self.tiers.index(blocker) + 1:]):
             parts.append(f"sending paused until the {blocker.label} is back (it holds older "
                          "readings)")
