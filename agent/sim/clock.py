@@ -44,9 +44,17 @@ def local_time(t: float, tz: ZoneInfo) -> LocalTime:
     return LocalTime(hour, stamp.weekday(), day_of_year, offset.total_seconds() if offset else 0.0)
 
 
+def wrap_longitude(longitude: float) -> float:
+    """The same meridian in [-180, 180] (unchanged there): 4e307 degrees east would otherwise
+    turn solar time into inf and NaN."""
+    if -180.0 <= longitude <= 180.0:
+        return longitude
+    return (longitude + 180.0) % 360.0 - 180.0 if math.isfinite(longitude) else 0.0
+
+
 def solar_days(t: float, longitude: float) -> float:
     """Days since the epoch in local mean solar time (solar midnight at whole numbers)."""
-    return (t + longitude * SECONDS_PER_DEGREE_LONGITUDE) / SECONDS_PER_DAY
+    return (t + wrap_longitude(longitude) * SECONDS_PER_DEGREE_LONGITUDE) / SECONDS_PER_DAY
 
 
 def season_angle(t: float, latitude: float) -> float:

@@ -30,6 +30,11 @@ Owns the heat-pump physics. Electrical input is a pure function of (site, spec, 
   4-8 minute reverse cycle; electrical power dips to 70 %, flow temperature by 6 K and
   no heat is delivered. The device model reports its start as an Event.
 - Standby (controller, circulation pump) 20-50 W, stepping every 10 minutes.
+
+Total for any finite input (issue 13, defect 10): the COP is a clamped linear regression
+(no Carnot T_flow / (T_flow - T_air), so near-equal temperatures cannot blow it up), every
+division has a denominator bounded away from 0, and ratings are capped (MAX_RATED_KW,
+MAX_BUILDING_KWH_PER_YEAR) so that no product overflows to inf or inf * 0 = NaN.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from functools import lru_cache
 
 from agent.sim import DeviceSpec, Site
 from agent.sim.clock import LocalTime
-from agent.sim.noise import clamp, stream_key, uniform
+from agent.sim.noise import bounded_rating, clamp, stream_key, uniform
 from agent.sim.weather import SYNOPTIC_SD_C, Weather, WeatherModel, seasonal_mean_c
 
 HEATING_LIMIT_C = 15.0
@@ -60,6 +65,8 @@ DEFROST_MIN_S, DEFROST_MAX_S = 4 * 60.0, 8 * 60.0
 DEFROST_POWER_FRACTION, DEFROST_FLOW_DROP_K = 0.7, 6.0
 REFERENCE_YEAR_START_S = 978307200.0  # 2001-01-01T00:00Z, a plain non-leap year
 HOURS_PER_YEAR = 8760
+MAX_RATED_KW = 1e6  # 1 GW; see pv.MAX_RATING_KW
+MAX_BUILDING_KWH_PER_YEAR = 1e9  # a city's heat; keeps UA * degrees finite
 
 STANDBY, HEATING, HOT_WATER = "standby", "heating", "hot_water"
 
@@ -102,7 +109,10 @@ def annual_degree_hours_kh(latitude: float) -> float:
 
 
 def ua_w_per_k(building_kwh_per_year: float, latitude: float) -> float:
-    return max(0.0, building_kwh_per_year) * 1000.0 / annual_degree_hours_kh(latitude)
+    degree_hours = annual_degree_hours_kh(latitude)  # > 0 at every latitude (~0.2 K h at 0 deg)
+    if not degree_hours > 0.0:
+        return 0.0
+    return bounded_rating(building_kwh_per_year, MAX_BUILDING_KWH_PER_YEAR) * 1000.0 / degree_hours
 
 
 class HeatPump:
@@ -110,7 +120,7 @@ class HeatPump:
 
     def __init__(self, site: Site, spec: DeviceSpec, weather: WeatherModel):
         self.name, self.weather = spec.name, weather
-        self.rated_w = max(0.0, spec.param("rated_kw")) * 1000.0
+        self.rated_w = bounded_rating(spec.param("rated_kw"), MAX_RATED_KW) * 1000.0
         self.min_w = self.rated_w * MIN_MODULATION_FRACTION
         self.ua_w_per_k = ua_w_per_k(spec.param("building_kwh_per_year"), site.latitude)
         key = lambda name: stream_key(site.seed, f"heatpump/{spec.name}/{name}")  # noqa: E731

@@ -22,9 +22,10 @@ from functools import lru_cache
 from agent.sim import Site
 from agent.sim import h0
 from agent.sim.clock import LocalTime
-from agent.sim.noise import clamp, stream_key, uniform, value_noise
+from agent.sim.noise import bounded_rating, clamp, stream_key, uniform, value_noise
 
 REFERENCE_KWH_PER_YEAR = 4000.0
+MAX_KWH_PER_YEAR = 1e9  # a city; keeps every W figure finite for any configured value
 MIN_BASE_SHARE = 0.5
 MAX_START_PROBABILITY_PER_HOUR = 0.95
 NOISE_SLOW_SD, NOISE_SLOW_PERIOD_S = 0.10, 300.0
@@ -88,7 +89,7 @@ class HouseholdLoad:
     """The house's own consumption at any t."""
 
     def __init__(self, site: Site):
-        kwh = max(0.0, site.household_param("kwh_per_year"))
+        kwh = bounded_rating(site.household_param("kwh_per_year"), MAX_KWH_PER_YEAR)
         size = kwh / REFERENCE_KWH_PER_YEAR
         self._rates = tuple(tuple(min(MAX_START_PROBABILITY_PER_HOUR, r * size)
                                   for r in a.starts_per_hour) for a in APPLIANCES)

@@ -84,3 +84,8 @@ def value_noise(key: int, t: float, period_s: float) -> float:
 
 def clamp(x: float, low: float, high: float) -> float:
     return low if x < low else high if x > high else x
+
+
+def bounded_rating(value: float, high: float) -> float:
+    """A configured size in [0, high] (NaN reads as 0), so that products stay finite."""
+    return min(value, high) if value > 0.0 else 0.0

@@ -4,13 +4,17 @@ Owns the geometry: for epoch seconds t (UTC) and a place, the cosine of the sola
 angle, the solar azimuth (degrees clockwise from north) and the extraterrestrial
 irradiance (solar constant corrected for the Earth-Sun distance). Accuracy is about 0.01
 degree for years 1800-2100, far better than a household simulation needs. Atmospheric
-refraction is ignored (it only matters within a degree of the horizon).
+refraction is ignored (it only matters within a degree of the horizon). Total: every
+argument of asin/atan2/sqrt is in its domain for any latitude in [-90, 90], any longitude
+(wrapped) and any time; cos_zenith is held in [-1, 1].
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from agent.sim.clock import wrap_longitude
 
 SOLAR_CONSTANT_W_M2 = 1361.0
 JULIAN_DAY_AT_EPOCH = 2440587.5
@@ -66,7 +70,7 @@ def sun_position(t: float, latitude: float, longitude: float) -> SunPosition:
     apparent_long = l0 + centre - 0.00569 - 0.00478 * math.sin((125.04 - 1934.136 * jc) * _RAD)
     decl = math.asin(math.sin(obliq * _RAD) * math.sin(apparent_long * _RAD))
     true_solar_min = ((t % 86400.0) / 60.0 + _equation_of_time_min(l0, m, ecc, obliq)
-                      + 4.0 * longitude) % 1440.0
+                      + 4.0 * wrap_longitude(longitude)) % 1440.0
     hour_angle = (true_solar_min / 4.0 - 180.0) * _RAD
     lat = latitude * _RAD
     cos_zenith = (math.sin(lat) * math.sin(decl)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from agent.sim import Site
-from agent.sim.clock import season_angle, solar_days, summerness
+from agent.sim.clock import season_angle, solar_days, summerness, wrap_longitude
 from agent.sim.noise import clamp, stream_key, uniform, value_noise
 
 MEAN_AT_EQUATOR_C = 27.0
@@ -73,7 +73,9 @@ def day_type_odds(summer: float, latitude: float = 52.5) -> tuple[float, float]:
 
 
 def diurnal_shape(solar_hour: float, sunrise_hour: float) -> float:
-    """-1 at sunrise, +1 at WARMEST_SOLAR_HOUR, half-cosines in between (continuous)."""
+    """-1 at sunrise, +1 at WARMEST_SOLAR_HOUR, half-cosines in between (continuous).
+    Sunrise is held in SUNRISE_EARLIEST_H..SUNRISE_LATEST_H, so neither half is empty."""
+    sunrise_hour = clamp(sunrise_hour, SUNRISE_EARLIEST_H, SUNRISE_LATEST_H)
     if sunrise_hour <= solar_hour <= WARMEST_SOLAR_HOUR:
         return -math.cos(math.pi * (solar_hour - sunrise_hour) / (WARMEST_SOLAR_HOUR - sunrise_hour))
     since_peak = (solar_hour - WARMEST_SOLAR_HOUR) % 24.0
@@ -114,7 +116,7 @@ class WeatherModel:
     """The weather of one site (seeded streams), evaluated at any t."""
 
     def __init__(self, site: Site):
-        self.latitude, self.longitude = site.latitude, site.longitude
+        self.latitude, self.longitude = site.latitude, wrap_longitude(site.longitude)
         key = lambda name: stream_key(site.seed, f"weather/{name}")  # noqa: E731
         self._k_day, self._k_threshold = key("day-type"), key("mixed-threshold")
         self._k_synoptic, self._k_local = key("temp-synoptic"), key("temp-local")
