@@ -113,7 +113,7 @@ def _send_test(args) -> int:
         return EXIT_USAGE
     _become_state_owner(cfg)
     try:
-        buffer = open_buffer(cfg.storage, args.device, overflow=False)
+        buffer = open_buffer(cfg.storage, args.device, guest=True)
         try:
             buffer.put_many([(args.topic, args.message.encode(), time.time())])
         finally:
@@ -179,7 +179,7 @@ def _backfill(args) -> int:
     now = time.time()
     readings = backfill.count(now - span_s, now, device.interval_s)
     try:
-        buffer = open_buffer(cfg.storage, device.name, overflow=False)
+        buffer = open_buffer(cfg.storage, device.name, guest=True)
     except StorageConfigError as exc:
         print(f"c8ysim backfill: {exc}", file=sys.stderr)
         return config.EX_CONFIG

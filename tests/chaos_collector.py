@@ -5,22 +5,21 @@ Test-only. Two independent sources, neither needs a change to the agent:
 - **Received**: every SmartREST line each client published on `s/us` to the fake tenant(s)
   (FakeTenant records per client, in arrival order, with a monotonic receive time). Several
   tenants count as one endpoint (a "restarted broker" is a new FakeTenant).
-- **Generated**: each device's SQLite buffer numbers its rows itself, densely (one counter,
-  +1 per row, resumed from the file's high-water mark after any restart) and the outbox
-  table is AUTOINCREMENT, so after the agent stopped `sqlite_sequence.seq` is the number of
-  rows (= SmartREST lines) the device ever committed. The rows still in `outbox` at the end
+- **Generated**: the outbox table is AUTOINCREMENT and SQLite numbers every row it takes
+  (from the device, from the in-memory overflow when a disk fault ends, from `c8ysim
+  backfill` and `send-test`), so after the agent stopped `sqlite_sequence.seq` is the number
+  of rows (= SmartREST lines) that ever reached the file. Rows delivered straight from the
+  in-memory overflow never reach it; the buffer counts them in its ledger (`bypassed`, see
+  `agent.storage.ledger`). generated = seq + bypassed. The rows still in `outbox` at the end
   are known exactly (their payloads are the lines), and so are quarantined ones.
 
   lost = generated - |distinct lines received  U  lines still in the outbox|
 
 A reading computed by a child killed before its tick's transaction committed was never
 generated in this sense (nobody could ever see it); the model is a pure function of time, so
-the next tick simply covers that instant. Limits: the Buffer numbers rows densely across its
-tiers, so the count is exact once the *last* row generated reached the SQLite file. Rows that
-lived only in the in-memory overflow (disk full) and were sent from there leave no trace in
-the file until a later row lands in it: the rig therefore lets every device tick a few more
-times after it recovered, before stopping it (without that pause a device whose file came
-back in the last tick before the stop showed its memory-only rows as *extra*). A row that
+the next tick simply covers that instant. Limits: the ledger is written once per tick, so
+rows delivered from memory in the last tick before a kill -9 would show as *extra*; the rig
+lets every device tick a few more times after it recovered, before stopping it. A row that
 lived only in memory and was lost with a killed child leaves no trace at all. `306` (clear
 alarm) lines carry no time, so they are told apart by the measurement that precedes them.
 
@@ -44,6 +43,7 @@ next in delivery order.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 from datetime import datetime
@@ -241,7 +241,8 @@ def _register_decreases(fields: list[str], registers: dict[str, float]) -> int:
 
 
 def read_buffer(path: Path) -> dict:
-    """High-water id, outbox lines, quarantine and dropped counts of a device's file."""
+    """Rows generated (high-water id + rows delivered from memory), outbox lines,
+    quarantine and dropped counts of a device's file and ledger."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
@@ -251,7 +252,10 @@ def read_buffer(path: Path) -> dict:
         dropped = db.execute("SELECT value FROM meta WHERE key = 'buffer.dropped'").fetchone()
     finally:
         db.close()
-    return {"generated": seq[0] if seq else 0, "outbox": outbox, "quarantined": quarantined,
+    ledger = path.with_name(path.name.replace(".sqlite3", ".ledger.json"))
+    bypassed = json.loads(ledger.read_text()).get("bypassed", 0) if ledger.exists() else 0
+    return {"generated": (seq[0] if seq else 0) + bypassed, "outbox": outbox,
+            "quarantined": quarantined,
             "dropped": int(dropped[0] or 0) if dropped else 0}
 
 

@@ -8,6 +8,8 @@ disk full, outages) lives in test_storage_*.py.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import random
 import time
 import uuid
 
@@ -186,8 +188,74 @@ def test_acking_unknown_or_already_acked_ids_is_harmless(opened):
     assert buffer.stats(time.time()).depth == 1
 
 
+def test_another_process_writing_the_buffer_loses_and_hides_nothing(opened):
+    """`c8ysim backfill` / `send-test` append to a running device's buffer: the store numbers
+    every row, so the device's next rows never collide with them (they vanished silently
+    when each process numbered rows itself), its depth counts them, and its drain meets
+    them in the same pass, after what it had queued."""
+    live, cli = opened(), opened()
+    live.put_many(rows(3))
+    taken = live.peek(2)  # the session has two in flight
+    cli.put_many(rows(5, start=100))
+    live.put_many(rows(2, start=3))
+    assert live.stats(time.time()).depth == 10 and cli.stats(time.time()).depth == 10
+    rest = live.peek(100, after_id=taken[-1].id)
+    expected = [f"201,x,{i}".encode() for i in (0, 1, 2, *range(100, 105), 3, 4)]
+    assert payloads(taken + rest) == expected
+    live.ack([r.id for r in taken + rest])
+    assert cli.stats(time.time()).depth == 0 and live.stats(time.time()).depth == 0
+
+
+def test_writers_in_other_processes_lose_nothing_and_keep_their_order(make_storage):
+    """Two processes append while this one appends and drains, all at once: every row comes
+    out exactly once, each writer's rows in their order."""
+    storage, device = make_storage(), f"mp-{uuid.uuid4().hex[:8]}"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_rows, args=(storage, device, tag, 300))
+               for tag in ("a", "b")]
+    buffer = open_buffer(storage, device)
+    for writer in writers:
+        writer.start()
+    seen, cursor, mine = [], 0, 0
+    try:
+        while mine < 300 or any(w.is_alive() for w in writers) or \
+                buffer.stats(time.time()).depth:
+            if mine < 300:
+                buffer.put_many([("s/us", f"201,live,{mine}".encode(), time.time())])
+                mine += 1
+            batch = buffer.peek(7, after_id=cursor)
+            if batch:
+                cursor = batch[-1].id
+                buffer.ack([r.id for r in batch])
+                seen += payloads(batch)
+            elif mine >= 300:
+                cursor = 0  # a new pass, as after a reconnect
+                time.sleep(0.01)
+    finally:
+        for writer in writers:
+            writer.join(30)
+        buffer.close()
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert len(seen) == len(set(seen)) == 900
+    for tag in ("a", "b", "live"):
+        assert [p for p in seen if p.startswith(f"201,{tag},".encode())] == \
+            [f"201,{tag},{i}".encode() for i in range(300)], tag
+
+
+def _write_rows(storage, device: str, tag: str, count: int) -> None:
+    buffer = open_buffer(storage, device, guest=True)
+    rng, written = random.Random(tag), 0
+    while written < count:
+        n = min(count - written, rng.randint(1, 25))
+        buffer.put_many([("s/us", f"201,{tag},{i}".encode(), time.time())
+                         for i in range(written, written + n)])
+        written += n
+    buffer.close()
+
+
 OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("put"), st.integers(0, 5)),
+    st.tuples(st.just("cli"), st.integers(0, 5)),
     st.tuples(st.just("ack"), st.integers(0, 6)),
     st.tuples(st.just("walk"), st.integers(1, 4)),
     st.tuples(st.just("reopen"), st.just(0))), max_size=25)
@@ -201,8 +269,11 @@ def test_any_sequence_of_operations_behaves_like_a_fifo_queue(make_storage, oper
     buffer, model, counter = open_buffer(storage, device), [], 0
     try:
         for op, n in operations:
-            if op == "put":
-                buffer.put_many(rows(n, start=counter))
+            if op in ("put", "cli"):
+                writer = buffer if op == "put" else open_buffer(storage, device, guest=True)
+                writer.put_many(rows(n, start=counter))
+                if writer is not buffer:
+                    writer.close()
                 model += [f"201,x,{i}".encode() for i in range(counter, counter + n)]
                 counter += n
             elif op == "ack":

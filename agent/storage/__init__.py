@@ -15,8 +15,8 @@ their rows queue behind what is there, and the device's drain and depth see them
 Buffer methods never raise on I/O trouble (disk full, read-only file, PostgreSQL down): the
 buffer degrades (see `agent.storage.tiered`), says why in `stats().degraded`, and recovers
 by itself. `open_buffer` raises only `StorageConfigError`: a problem retrying cannot fix. A
-buffer opened without the memory overflow (the CLI's: its memory ends with the command)
-raises `StoreError` from `put_many` when no durable store takes the rows.
+guest buffer (the CLI's: no memory overflow, its memory ends with the command) raises
+`StoreError` from `put_many` when no durable store takes the rows.
 """
 
 from __future__ import annotations
@@ -82,12 +82,14 @@ class Buffer(Protocol):
     def close(self) -> None: ...
 
 
-def open_buffer(storage, device_name: str, overflow: bool = True) -> Buffer:
+def open_buffer(storage, device_name: str, guest: bool = False) -> Buffer:
     """Open the configured backend's buffer for one device (call it after fork).
 
     sqlite:   the device's file, then memory.
     postgres: PostgreSQL, then the device's SQLite file as a local fallback, then memory.
-    `overflow=False` leaves out memory (for commands that end before a disk comes back).
+    `guest=True` is for another process writing into a device's buffer (the CLI): no
+    memory overflow (its memory ends with the command), and the device's ledger is left
+    alone (the device owns its state).
     """
     from agent.storage import sqlite, tiered
     from agent.storage.ledger import Ledger
@@ -97,8 +99,8 @@ def open_buffer(storage, device_name: str, overflow: bool = True) -> Buffer:
         storage, device_name, tombstones=storage.backend == "postgres", check=check))
     memory = tiered.Tier("in-memory overflow", lambda check: MemoryStore(
         min(MEMORY_MAX_ROWS, storage.max_records)), durable=False)
-    tiers = [local, memory] if overflow else [local]
-    ledger = Ledger.beside(storage, device_name)
+    tiers = [local] if guest else [local, memory]
+    ledger = None if guest else Ledger.beside(storage, device_name)
     if storage.backend != "postgres":
         return tiered.TieredBuffer(tiers, backend="sqlite", ledger=ledger)
     try:

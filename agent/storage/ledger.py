@@ -1,8 +1,10 @@
 """The ledger: a small file beside a device's buffer that outlives the buffer itself.
 
 `<state dir>/<device>.ledger.json` holds the device state the buffer's meta holds (energy
-registers, pending restart) and two counters the buffer cannot keep about itself: the rows
-it knew it held (`queued`) and the rows known lost (`lost`). When the buffer's file is lost
+registers, pending restart) and counters the buffer cannot keep about itself: the rows it
+knew it held (`queued`), the rows known lost (`lost`) and the rows delivered straight from
+the memory overflow that never reached a file (`bypassed`: with the file's AUTOINCREMENT
+high-water they account for every row the device ever buffered). When the buffer's file is lost
 (deleted, truncated, overwritten, corrupt), a fresh file starts from the ledger's state, so
 energy registers never go back, and the rows the old file held are counted as lost.
 
@@ -28,7 +30,7 @@ class Ledger:
     def __init__(self, path: str):
         self.path = path
         self.meta: dict[str, str] = {}
-        self.queued = self.lost = 0
+        self.queued = self.lost = self.bypassed = 0
         self.failures = BurstLog(log)
         self._load()
 
@@ -43,6 +45,7 @@ class Ledger:
             self.meta = {str(k): str(v) for k, v in dict(data.get("meta", {})).items()}
             self.queued = max(0, int(data.get("queued", 0)))
             self.lost = max(0, int(data.get("lost", 0)))
+            self.bypassed = max(0, int(data.get("bypassed", 0)))
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -59,7 +62,8 @@ class Ledger:
 
     def save(self) -> None:
         """Write it durably; on trouble (disk full) log once per burst and go on."""
-        data = json.dumps({"meta": self.meta, "queued": self.queued, "lost": self.lost})
+        data = json.dumps({"meta": self.meta, "queued": self.queued, "lost": self.lost,
+                           "bypassed": self.bypassed})
         temp = f"{self.path}.tmp"
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)

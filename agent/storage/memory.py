@@ -84,8 +84,8 @@ class MemoryStore:
     def maintain(self, now: float) -> None:
         pass
 
-    def replaced(self) -> bool:
-        return False
+    def file_state(self) -> str | None:
+        return None
 
     def close(self) -> None:
         pass

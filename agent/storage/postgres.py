@@ -230,8 +230,8 @@ class PostgresStore:
     def maintain(self, now: float) -> None:
         pass  # autovacuum reclaims space
 
-    def replaced(self) -> bool:
-        return False  # a dropped table shows as errors; the server keeps its own files
+    def file_state(self) -> str | None:
+        return None  # a dropped table shows as errors; the server keeps its own files
 
     def close(self) -> None:
         conn, self.conn = self.conn, None

@@ -14,7 +14,7 @@ Space: `journal_size_limit` caps the WAL after checkpoints, `auto_vacuum=INCREME
 the file shrink after a big backlog drained. A corrupt file is moved aside (renamed with a
 timestamp) and a fresh one started: never a crash loop; the store says so (`lost_file`) so
 the buffer can count what was in it. A file deleted or replaced under the open store is
-noticed (`replaced()`): the buffer then carries its rows over into a new file.
+noticed (`file_state()`): the buffer then copies it back to its path (`rescue()`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ BUSY_TIMEOUT_S = 2.0
 VACUUM_CHECK_INTERVAL_S = 300.0
 VACUUM_MIN_FREE_PAGES = 256  # 1 MiB of 4 KiB pages
 VACUUM_PAGES_PER_STEP = 2048  # 8 MiB per step keeps the pause short
+SQLITE_HEADER = b"SQLite format 3\0"  # the first bytes of every database file
 CONVERT_MAX_ROWS = 10_000  # an old file is rebuilt for incremental vacuum only while small
 IDS_PER_STATEMENT = 500
 
@@ -301,10 +302,48 @@ class SqliteStore:
             self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
         return Counters(depth, oldest, size, self.dropped, quarantined)
 
-    def replaced(self) -> bool:
-        """The path no longer leads to the file this connection has open (deleted, or
-        replaced by a copy or a new file): what is written now would be lost at close."""
-        return self.db is not None and _identity(self.path) != self.identity
+    def file_state(self) -> str | None:
+        """None while the file is ours; "replaced" when the path no longer leads to the
+        file this connection has open (deleted, or another file put there: what is written
+        now would be lost at close); "damaged" when our file was cut short or overwritten
+        in place (its header is gone)."""
+        if self.db is None:
+            return None
+        if _identity(self.path) != self.identity:
+            return "replaced"
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+        except OSError:
+            return None  # unreadable now (permissions): the next statement says more
+        return None if header == SQLITE_HEADER else "damaged"
+
+    def rescue(self) -> None:
+        """Copy the open (deleted or replaced) database to its path again, then close.
+
+        SQLite's backup API copies every page this connection sees, WAL included, so ids,
+        rows and state stay as they were. A file someone put at the path is moved aside
+        first. The copy is made under a temporary name and renamed into place only after
+        this connection closed (closing removes the WAL files at the path)."""
+        temp = f"{self.path}.rescue"
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            Path(temp).unlink(missing_ok=True)
+            with self._errors():
+                copy = sqlite3.connect(temp)
+                try:
+                    self.db.backup(copy)
+                finally:
+                    copy.close()
+            if os.path.exists(self.path):
+                move_aside(self.path, "replaced while in use")
+        except OSError as exc:
+            raise StoreError(f"cannot rescue the file: {exc.strerror}") from exc
+        self.close()
+        try:
+            os.replace(temp, self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot put the rescued file in place: {exc.strerror}") from exc
 
     def maintain(self, now: float) -> None:
         """Give free pages back to the file system after a backlog drained."""

@@ -105,8 +105,10 @@ class Store(Protocol):
     def maintain(self, now: float) -> None:
         """Periodic housekeeping (space reclaim); cheap when nothing is due."""
 
-    def replaced(self) -> bool:
-        """True when the file under this open store was deleted or replaced by another."""
+    def file_state(self) -> str | None:
+        """None, or "replaced" (its file was deleted or another put at its path: then
+        `rescue()`, which only file stores have, copies it back and closes it) or "damaged"
+        (cut short or overwritten in place: what it held is gone)."""
 
     def close(self) -> None: ...
 

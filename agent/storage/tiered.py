@@ -157,7 +157,10 @@ class TieredBuffer:
         for tier, group in self._by_tier(ids):
             if tier.writable:
                 try:
-                    tier.depth -= tier.store.delete(group)
+                    removed = tier.store.delete(group)
+                    tier.depth -= removed
+                    if not tier.durable and self.ledger is not None:
+                        self.ledger.bypassed += removed  # saved with the next tick
                     continue
                 except StoreError as exc:
                     self._failed(tier, exc)
@@ -188,6 +191,10 @@ class TieredBuffer:
         if self.ledger is not None and self.tiers[0].readable:
             self.ledger.update({}, self.tiers[0].unsent())
             self.ledger.save()
+        for tier in self.tiers:
+            if tier.readable and tier.store.file_state() and tier.unsent():
+                self._lose(tier.unsent(), f"{tier.label}: {tier.unsent()} readings are lost "
+                                          "with the deleted file")
         memory = self.tiers[-1]
         held = memory.unsent() if not memory.durable else 0
         if held:
@@ -280,7 +287,10 @@ class TieredBuffer:
         try:
             tier.store = tier.opener(False)
         except StoreError as exc:
-            tier.known_empty = exc.empty
+            # A file that cannot be opened may hold older rows (nothing newer goes out before
+            # them), unless it did not exist, or the ledger saw it empty at the last stop.
+            tier.known_empty = exc.empty or (tier is self.tiers[0] and self.ledger is not None
+                                             and self.ledger.queued == 0)
             self._failed(tier, exc)
             return
         self._opened(tier, previous_depth=None)
@@ -371,8 +381,7 @@ class TieredBuffer:
         if now >= self.next_replaced_check:
             self.next_replaced_check = now + REPLACED_CHECK_S
             for tier in self.tiers:
-                if tier.readable and tier.store.replaced():
-                    self._carry_over(tier)
+                self._check_file(tier)
         for tier in self.tiers:
             if tier.pending_acks and tier.writable:
                 self._flush_acks(tier)
@@ -394,38 +403,33 @@ class TieredBuffer:
 
     # -- moving rows ----------------------------------------------------------------------------
 
-    def _carry_over(self, tier: Tier) -> None:
-        """Its file was deleted or replaced: copy what the open handle still reads into a
-        file opened anew at the path, then let the old one go."""
-        old = tier.store
-        log.error("%s: the file was deleted or replaced while in use; carrying its readings "
-                  "over into a new file", tier.label)
-        try:
-            new = tier.opener(True)
-        except (StoreError, StorageConfigError) as exc:
-            tier.errors(logging.ERROR, "%s: cannot open a new file (%s); keeping the "
-                        "readings in the deleted one until it can", tier.label, exc)
-            return
-        try:
-            moved = self._copy_all(old, new)
-        except StoreError as exc:
-            new.close()
-            tier.errors(logging.ERROR, "%s: carrying over failed (%s); retrying", tier.label,
-                        exc.reason)
-            return
-        old.close()
-        tier.store = new
-        self._new_slot(tier)
-        log.warning("%s: carried %d readings over into the new file", tier.label, moved)
+    def _check_file(self, tier: Tier) -> None:
+        state = tier.store.file_state() if tier.readable else None
+        if state == "replaced":
+            self._carry_over(tier)
+        elif state == "damaged":  # reopened (and checked) at once; what it held is lost
+            tier.store.close()
+            self._failed(tier, StoreError("the file was cut short or overwritten"))
+            tier.retry_at = 0.0
+            self._retry(tier)
 
-    @staticmethod
-    def _copy_all(old: Store, new: Store) -> int:
-        after, moved = 0, 0
-        new.append([], old.meta_items(), time.time())
-        while rows := old.peek(MOVE_CHUNK_ROWS, after):
-            new.append([(r.topic, r.payload, r.created) for r in rows], {}, time.time())
-            after, moved = rows[-1].id, moved + len(rows)
-        return moved
+    def _carry_over(self, tier: Tier) -> None:
+        """Its file was deleted or replaced: copy what the open handle still reads back to
+        the path (same ids, same state), then reopen it there."""
+        log.error("%s: the file was deleted or replaced while in use; copying it back",
+                  tier.label)
+        try:
+            tier.store.rescue()
+        except StoreError as exc:
+            tier.errors(logging.ERROR, "%s: %s; the readings stay in the deleted file until "
+                        "it can be copied back", tier.label, exc.reason)
+            return
+        try:
+            tier.store = tier.opener(True)
+        except (StoreError, StorageConfigError) as exc:
+            self._failed(tier, exc if isinstance(exc, StoreError) else StoreError(str(exc)))
+            return
+        log.warning("%s: copied back with its %d readings", tier.label, tier.unsent())
 
     def _move_out_of_memory(self) -> None:
         """Memory rows and state go back into a durable tier as soon as one works, oldest

@@ -1,0 +1,184 @@
+"""A careless admin (or a dying SD card) changes the buffer's files under the device.
+
+Deleted, truncated, overwritten, unopenable, at start and while open. Every case ends in one
+of two ways: the rows are saved (carried over from the still-open file) or they are counted
+in `lost` and logged at warning; and the device state (energy registers) never goes back,
+because the ledger beside the buffer holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import StorageConfig
+from agent.storage import open_buffer
+
+pytest_plugins = ["storage_support"]
+
+STATE = "model.state"
+
+
+def tick(i: int) -> list[tuple[str, bytes, float]]:
+    return [("s/us", f"201,t,{i}".encode(), time.time())]
+
+
+def fill(buffer, start: int, end: int) -> None:
+    for i in range(start, end):
+        buffer.put_many(tick(i), meta={STATE: json.dumps({"A+": i})})
+
+
+def payloads(buffer) -> list[bytes]:
+    return [r.payload for r in buffer.peek(10_000)]
+
+
+def register(buffer) -> int:
+    return json.loads(buffer.get_meta(STATE))["A+"]
+
+
+def check_now(buffer) -> None:
+    """Let the buffer look at its files and retry its stores at its next call."""
+    buffer.next_replaced_check = 0.0
+    for tier in buffer.tiers:
+        tier.retry_at = 0.0
+
+
+@pytest.fixture
+def storage(tmp_path) -> StorageConfig:
+    return StorageConfig(path=str(tmp_path / "state"))
+
+
+def test_file_deleted_while_open_is_carried_over_with_nothing_lost(storage, caplog):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 20)
+    os.unlink(Path(storage.path) / "dev.sqlite3")
+    check_now(buffer)
+    with caplog.at_level(logging.WARNING):
+        fill(buffer, 20, 25)
+    assert "copied back with its 20 readings" in caplog.text
+    stats = buffer.stats(time.time())
+    assert stats.lost == 0 and stats.depth == 25
+    assert payloads(buffer) == [f"201,t,{i}".encode() for i in range(25)]
+    buffer.close()
+    again = open_buffer(storage, "dev")
+    assert len(payloads(again)) == 25 and register(again) == 24
+    again.close()
+
+
+def test_state_directory_deleted_while_open_is_recreated_and_carried_over(storage):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 10)
+    taken = buffer.peek(4)  # in flight when the directory goes
+    shutil.rmtree(storage.path)
+    check_now(buffer)
+    fill(buffer, 10, 12)
+    buffer.ack([r.id for r in taken])  # their PUBACKs: ids of the old file, now harmless
+    assert buffer.stats(time.time()).lost == 0
+    assert payloads(buffer)[-2:] == [b"201,t,10", b"201,t,11"]
+    assert len(payloads(buffer)) in (8, 12)  # the 4 in flight may be sent again, never lost
+    buffer.close()
+    assert register(reopened := open_buffer(storage, "dev")) == 11
+    reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_file_destroyed_while_open_counts_its_rows_lost_and_keeps_registers(
+        storage, damage, caplog):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 30)
+    buffer.ack([r.id for r in buffer.peek(10)])
+    path = Path(storage.path) / "dev.sqlite3"
+    # Pages still in the WAL would be written back by the closing connection (the data
+    # would survive): checkpoint first, as SQLite does every 1000 pages anyway.
+    sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").connection.close()
+    _damage(path, damage)
+    check_now(buffer)
+    with caplog.at_level(logging.WARNING):
+        for i in range(30, 40):
+            check_now(buffer)
+            fill(buffer, i, i + 1)
+            buffer.stats(time.time())
+    stats = buffer.stats(time.time())
+    assert stats.lost >= 20, (stats, caplog.text)  # what the file held: gone, and said so
+    assert "lost" in caplog.text
+    assert register(buffer) == 39
+    buffer.close()
+    again = open_buffer(storage, "dev")
+    assert register(again) == 39 and again.stats(time.time()).lost == stats.lost
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
+def test_file_destroyed_while_stopped_counts_its_rows_lost_and_keeps_registers(
+        storage, damage, caplog):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 30)
+    buffer.ack([r.id for r in buffer.peek(5)])
+    buffer.close()
+    _damage(Path(storage.path) / "dev.sqlite3", damage)
+    with caplog.at_level(logging.WARNING):
+        again = open_buffer(storage, "dev")
+    stats = again.stats(time.time())
+    assert stats.lost == 25 and "25 readings" in caplog.text
+    assert register(again) == 29  # from the ledger: registers never go back
+    fill(again, 30, 31)
+    assert payloads(again) == [b"201,t,30"]
+    again.close()
+
+
+def test_unopenable_file_at_start_keeps_registers_and_rows_until_it_is_fixed(storage):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 5)
+    buffer.ack([r.id for r in buffer.peek(5)])
+    buffer.close()
+    path = Path(storage.path) / "dev.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.mkdir()  # as good as chmod 000 for root: the file cannot be opened
+    again = open_buffer(storage, "dev")
+    assert register(again) == 4  # from the ledger, not back to 0
+    fill(again, 5, 8)
+    assert again.stats(time.time()).degraded
+    assert payloads(again) == [f"201,t,{i}".encode() for i in range(5, 8)]  # from memory
+    path.rmdir()
+    check_now(again)
+    fill(again, 8, 9)
+    assert again.stats(time.time()).degraded is None
+    again.close()
+    final = open_buffer(storage, "dev")
+    assert payloads(final) == [f"201,t,{i}".encode() for i in range(5, 9)]
+    assert register(final) == 8 and final.stats(time.time()).lost == 0
+    final.close()
+
+
+def test_a_garbage_ledger_is_started_anew_without_a_crash(storage, caplog):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 3)
+    buffer.close()
+    (Path(storage.path) / "dev.ledger.json").write_bytes(b"\xff{not json")
+    with caplog.at_level(logging.ERROR):
+        again = open_buffer(storage, "dev")
+    assert "unreadable" in caplog.text
+    assert register(again) == 2 and len(payloads(again)) == 3  # the buffer's own copy
+    again.close()
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "delete":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    elif how == "truncate":
+        for suffix in ("", "-wal"):
+            if Path(f"{path}{suffix}").exists():
+                os.truncate(f"{path}{suffix}", 0)
+    else:
+        size = max(path.stat().st_size, 8192)
+        path.write_bytes(os.urandom(size))
+        Path(f"{path}-wal").unlink(missing_ok=True)
