@@ -101,3 +101,26 @@ def test_crash_before_501_acknowledged_ends_in_502(tmp_path, mosquitto, recorder
     assert "500" in lines[lines.index(upstream(recorder, "502,")[0]):]
     wait_until(lambda: marker(tmp_path, "pv-roof") is None, 5, what="marker cleared")
     assert agent.stop() == 0
+
+
+def test_a_second_restart_within_the_limit_is_refused_with_502(tmp_path, mosquitto, recorder,
+                                                               agent_factory):
+    agent = start_agent(tmp_path, mosquitto, agent_factory)
+    send_operation(mosquitto.port, f"510,{PV}")
+    wait_until(lambda: upstream(recorder, "503,c8y_Restart"), 15, what="the first restart")
+    wait_until(lambda: marker(tmp_path, "pv-roof") is None, 5, what="marker cleared")
+    pid = agent.devices()["pv-roof"]["pid"]
+    # one refused at a time: the repeats while it is being refused are ignored
+    send_operation(mosquitto.port, f"510,{PV}\n510,{PV}\n510,{PV}")
+    wait_until(lambda: upstream(recorder, "502,c8y_Restart"), 10, what="the refusal")
+    wait_until(lambda: marker(tmp_path, "pv-roof") is None, 5, what="marker cleared again")
+    refusal = upstream(recorder, "502,c8y_Restart")
+    assert len(refusal) == 1 and refusal[0].startswith(
+        "502,c8y_Restart,Restart refused: the device restarted "), refusal
+    assert refusal[0].endswith("(at most one restart per 60 s)")
+    assert upstream(recorder, "501,c8y_Restart") == ["501,c8y_Restart"] * 2  # 501 then 502
+    assert upstream(recorder, "503,c8y_Restart") == ["503,c8y_Restart"]
+    time.sleep(1.0)
+    assert agent.devices()["pv-roof"]["pid"] == pid  # not restarted
+    assert "refusing c8y_Restart" in agent.log_text()
+    assert agent.stop() == 0

@@ -1,5 +1,7 @@
 """The session in-process against a real mosquitto: backoff bounds, reconnect after cuts,
-no leaked threads, sockets or memory over many cuts, nothing lost or reordered."""
+no leaked threads, sockets or memory over many cuts, nothing lost or reordered; poison rows
+(also in the real agent, planted in its SQLite file) quarantined while the drain goes on;
+what a broker that never answers CONNECT is reported as."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import os
 import queue
 import subprocess
 import random
+import re
+import socket
+import sqlite3
 import threading
 import time
 import tracemalloc
@@ -19,8 +24,9 @@ from agent.config import StorageConfig
 from agent.storage import open_buffer
 from agent.uplink.pacing import TokenBucket
 from agent.uplink.session import Registration, Session
+from agent.uplink import transport
 from agent.uplink.transport import Endpoint
-from conftest import wait_until
+from conftest import free_port, wait_until, write_config
 from fault_proxy import FaultProxy
 
 NOT_OURS = [tracemalloc.Filter(False, pattern) for pattern in (
@@ -184,3 +190,136 @@ def test_drain_keeps_to_max_lines_per_s(tmp_path, mosquitto):
         assert time.monotonic() - started >= 1.5  # 300 lines, 100 of them as the burst
     finally:
         driver.close()
+
+
+# --- poison rows ------------------------------------------------------------------------------
+
+POISON = [  # (topic, payload) that no broker will ever take, as a careless tool could queue
+    ("s/" + "x" * 70_000, b"211,long-topic"),  # paho: ValueError (over 65535 bytes)
+    (b"s/\xff", b"211,bytes-topic"),  # not text (a BLOB in SQLite); not UTF-8 either
+    ("s/us/+", b"211,wildcard"),
+    ("s/us\x00", b"211,nul"),
+    ("s/\x1b[31m", b"211,control"),  # mosquitto would close the connection on it
+    ("", b"211,empty-topic"),
+]
+
+
+def test_poison_rows_planted_in_the_file_are_quarantined_and_the_rest_flows(
+        tmp_path, mosquitto, recorder, agent_factory):
+    state = tmp_path / "state"
+    state.mkdir()
+    buffer = open_buffer(StorageConfig(path=str(state)), "pv-roof")
+    buffer.put_many([("s/us", b"211,before", time.time())])
+    buffer.close()
+    db = sqlite3.connect(state / "pv-roof.sqlite3")
+    for topic, payload in [*POISON, ("s/us", b"211,after")]:
+        db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                   (topic, payload, time.time()))
+    db.commit()
+    db.close()
+    status_port = free_port()
+    config = write_config(tmp_path, mosquitto.port, status_port, devices=[("pv-roof", "pv")],
+                          extra="supervisor: {heartbeat_timeout_s: 3.0, kill_grace_s: 0.5}\n")
+    agent = agent_factory(config, status_port).start()
+    wait_until(lambda: "211,after" in recorder.lines(), 15, what="the row after the poison")
+    wait_until(lambda: sum(l.startswith("201,") for l in recorder.lines()) >= 2, 10,  # noqa: E741
+               what="live readings")
+    lines = recorder.lines()
+    assert lines.index("211,before") < lines.index("211,after")
+    assert not [l for l in lines if l.split(",")[-1] in  # noqa: E741
+                {p.decode().split(",")[1] for _t, p in POISON}]
+    pv = lambda: {d["name"]: d for d in agent.status()["devices"]}["pv-roof"]  # noqa: E731
+    wait_until(lambda: pv()["quarantined"] == len(POISON) and pv()["queued"] <= 1, 5,
+               what=f"{len(POISON)} quarantined on /api/status")
+    device = pv()
+    assert device["restarts"] == 0 and device["state"] == "running", device
+    log = agent.log_text().splitlines()
+    assert all(re.match(r"<[0-7]>", line) for line in log), log
+    assert any("quarantined 1 buffered record(s)" in line and "70002 bytes long" in line
+               for line in log), log
+    assert "Traceback" not in agent.log_text()
+    assert agent.stop() == 0
+
+
+def test_any_publish_error_quarantines_only_the_row_at_fault(tmp_path, mosquitto, monkeypatch):
+    real_publish = transport.Connection.publish
+
+    def publish(self, topic, payload, qos=1):
+        if b"boom" in payload:
+            raise RuntimeError("paho does not like this one")
+        return real_publish(self, topic, payload, qos)
+
+    monkeypatch.setattr(transport.Connection, "publish", publish)
+    received = tmp_path / "received.txt"
+    subscriber = subprocess.Popen(["mosquitto_sub", "-p", str(mosquitto.port), "-t", "s/us",
+                                   "-q", "1"], stdout=open(received, "wb"))
+    driver = Driver(tmp_path, mosquitto.port)
+    try:
+        time.sleep(0.3)
+        now = time.time()
+        driver.buffer.put_many([("s/us", b"211,1", now), ("s/us", b"211,boom", now),
+                                ("s/us", b"211,2", now)])  # one batch: split to find it
+        driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 10, "drain")
+        assert driver.buffer.stats(time.time()).quarantined == 1
+        wait_until(lambda: "211,2" in received.read_text(), 5, what="the row after it")
+        assert "211,1" in received.read_text() and "boom" not in received.read_text()
+        assert driver.session.state == "online"
+    finally:
+        driver.close()
+        subscriber.terminate()
+        subscriber.wait(5)
+
+
+# --- a broker that never answers CONNECT ------------------------------------------------------
+
+class MuteServer:
+    """Accepts TCP connections; then either says nothing or closes at once."""
+
+    def __init__(self, close_at_once: bool):
+        self.close_at_once = close_at_once
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name="_accept_loop").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.close_at_once:
+                conn.close()
+            else:
+                self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_no_connack_is_reported_as_a_timeout_not_as_tls(tmp_path):
+    server = MuteServer(close_at_once=False)
+    driver = Driver(tmp_path, server.port)
+    driver.session.endpoint = Endpoint("127.0.0.1", server.port, "dev-1", "t/u", "p", 2)
+    try:
+        driver.run_until(lambda: driver.session.last_error, 10, "the attempt to fail")
+        assert re.fullmatch(r"no CONNACK within [23] s \(.*\)", driver.session.last_error), \
+            driver.session.last_error
+        assert "TLS" not in driver.session.last_error
+    finally:
+        driver.close()
+        server.close()
+
+
+def test_connection_closed_right_after_connect_hints_at_tls(tmp_path):
+    server = MuteServer(close_at_once=True)
+    driver = Driver(tmp_path, server.port)
+    try:
+        driver.run_until(lambda: driver.session.last_error, 10, "the attempt to fail")
+        assert "closed the connection right after connect" in driver.session.last_error
+        assert "plain MQTT to a TLS port?" in driver.session.last_error
+    finally:
+        driver.close()
+        server.close()

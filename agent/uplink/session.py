@@ -8,6 +8,15 @@ on time (reconnect when the backoff is due, fill the in-flight window). Per (re)
 
 Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
 flight, so those rows are sent again on the next connection (at least once, in order).
+A row that can never be published (a topic MQTT forbids, a payload over the limit, any
+error from paho's publish other than "not connected") is quarantined with the reason and
+the drain goes on: no row can crash the device or stall its queue.
+
+The broker is not trusted either: `s/ds` and `s/e` messages over the platform's own limit
+(`MAX_INBOUND_BYTES`) are dropped unread, and beyond `INBOUND_BYTES_PER_S` they are dropped
+too (a flood must not starve the device loop and its heartbeat); both are counted
+(`inbound_dropped`) and logged once per burst. What is logged about them is escaped,
+truncated and limited in lines (`logs.external`, `logs.LineBudget`).
 """
 
 from __future__ import annotations
@@ -21,12 +30,13 @@ from typing import Callable
 
 from agent import backoff, logs
 from agent.storage import Buffer, Record
+from agent.storage.bursts import BurstLog
 from agent.uplink import smartrest
 from agent.uplink.operations import Operations
 from agent.uplink.pacing import TokenBucket
 from agent.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
-    Published, Subscribed, TlsSetupError)
+    Published, Subscribed, TlsSetupError, invalid_topic)
 
 WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large windows
 ROWS_PER_PEEK = 500
@@ -34,7 +44,13 @@ BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
 CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attempt
 REGISTER_TIMEOUT_S = 30.0  # CONNACK to online (100 PUBACK, SUBACKs)
+QUICK_CLOSE_S = 5.0  # closed this soon after connect, before CONNACK: not an MQTT port?
 UNLIMITED_LINES_PER_S = 1e9
+MAX_INBOUND_BYTES = 16384  # Cumulocity never sends more in one message; larger = hostile
+INBOUND_BYTES_PER_S = 32 * 1024  # parsing budget for s/ds + s/e (also the burst)
+INBOUND_MIN_COST_BYTES = 1024  # a message takes at least this much of the budget
+INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S = 20, 60.0  # lines about broker input per window
+S_E_LOG_BYTES = 300
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +75,13 @@ class Session:
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
         self.pace = TokenBucket(max_lines_per_s, time.monotonic())
-        self.operations = Operations(endpoint.client_id, buffer)
+        self.inbound_budget = TokenBucket(INBOUND_BYTES_PER_S, time.monotonic())
+        self.note_inbound = logs.LineBudget(log, INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S,
+                                            time.monotonic)
+        self.operations = Operations(endpoint.client_id, buffer, self.note_inbound)
+        self.inbound_dropped = 0  # s/ds, s/e messages dropped unread (too large, flood)
+        self.log_oversized, self.log_flood = BurstLog(log), BurstLog(log)
+        self.log_poison, self.log_store = BurstLog(log), BurstLog(log)
         self.state = "disconnected"
         self.connection: Connection | None = None
         self.generation = 0
@@ -85,7 +107,8 @@ class Session:
             self._open(now)
         elif self.state in ("connecting", "registering") and \
                 now - self.state_since > _timeout_for(self.state):
-            self._fail(now, f"no answer from the broker within {_timeout_for(self.state):.0f} s")
+            what = "CONNACK" if self.state == "connecting" else "answer to the registration"
+            self._fail(now, f"no {what} within {_timeout_for(self.state):.0f} s")
         elif self.state == "online":
             if self.failures and now - self.state_since >= STABLE_AFTER_S:
                 self.failures = 0
@@ -125,6 +148,8 @@ class Session:
             "attempts": self.attempts,
             "last_ack": self.last_ack,
             "last_error": self.last_error,
+            "inbound_dropped": self.inbound_dropped,
+            "inbound_ignored": self.operations.ignored_lines,
         }
 
     # -- connection lifecycle -------------------------------------------------------------
@@ -199,10 +224,14 @@ class Session:
                    f"{event.reason}")
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
-        if self.state == "connecting":  # closed before any CONNACK
-            self._fail(now, f"the broker closed the connection before answering CONNECT "
-                       f"({event.reason}); plain MQTT to a TLS port? check cumulocity.port "
-                       "and cumulocity.tls")
+        if self.state == "connecting":  # ended before any CONNACK
+            waited = now - self.state_since
+            if event.timed_out or waited >= QUICK_CLOSE_S:
+                self._fail(now, f"no CONNACK within {waited:.0f} s ({event.reason})")
+            else:
+                self._fail(now, f"the broker closed the connection right after connect, before "
+                           f"answering CONNECT ({event.reason}); plain MQTT to a TLS port? "
+                           "check cumulocity.port and cumulocity.tls")
             return
         self._fail(now, f"connection lost: {event.reason}")
 
@@ -247,38 +276,91 @@ class Session:
         self._fill_window(now)
 
     def _on_message(self, event: Message, now: float) -> None:
-        if event.topic == smartrest.ERRORS_TOPIC:
-            log.warning("Cumulocity reports an error: %s",
-                        event.payload.decode("utf-8", "replace")[:500])
+        if not self._admit(event, now):
             return
-        if event.topic == smartrest.OPERATIONS_TOPIC:
-            self.operations.handle(event.payload, self._send_session)
+        try:
+            if event.topic == smartrest.ERRORS_TOPIC:
+                self.note_inbound(logging.WARNING, "Cumulocity reports an error: %s",
+                                  logs.external(event.payload, S_E_LOG_BYTES))
+            elif event.topic == smartrest.OPERATIONS_TOPIC:
+                self.operations.handle(event.payload, self._send_session)
+        except Exception as exc:  # noqa: BLE001 - broker input must never end the device
+            self.note_inbound(logging.ERROR, "could not handle a %s message: %s",
+                              logs.external(event.topic, 80), logs.external(repr(exc)))
+
+    def _admit(self, event: Message, now: float) -> bool:
+        """Whether to read this message; else it is dropped and counted, before parsing."""
+        size = len(event.payload)
+        topic = logs.external(event.topic, 80)
+        if size > MAX_INBOUND_BYTES:
+            self.inbound_dropped += 1
+            self.log_oversized(logging.WARNING, "dropped a %d-byte %s message unread: over the "
+                               "%d-byte limit (%d dropped so far)", size, topic,
+                               MAX_INBOUND_BYTES, self.inbound_dropped)
+            return False
+        cost = max(size, INBOUND_MIN_COST_BYTES)
+        if self.inbound_budget.available(now) < cost:
+            self.inbound_dropped += 1
+            self.log_flood(logging.WARNING, "dropping %s messages: the broker sends more than "
+                           "%d bytes/s (%d dropped so far)", topic, INBOUND_BYTES_PER_S,
+                           self.inbound_dropped)
+            return False
+        self.inbound_budget.take(cost, now)
+        return True
 
     # -- draining the buffer ------------------------------------------------------------------
 
     def _fill_window(self, now: float) -> None:
         while self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
             budget = min(ROWS_PER_PEEK, self.pace.available(now))
-            rows = self.buffer.peek(budget, after_id=self.cursor) if budget else []
+            rows = self._peek(budget) if budget else []
             if not rows:
                 return
+            rows = self._sendable(rows)  # quarantining moves the cursor past those
             for topic, batch in _batches(rows):
                 if not self._publish_batch(topic, batch, now):
                     return
 
+    def _peek(self, limit: int) -> list[Record]:
+        try:
+            return self.buffer.peek(limit, after_id=self.cursor)
+        except Exception as exc:  # noqa: BLE001 - the contract says never; a row must not kill us
+            self.log_store(logging.ERROR, "cannot read the buffer: %s", logs.external(repr(exc)))
+            return []
+
+    def _sendable(self, rows: list[Record]) -> list[Record]:
+        """`rows` without those that can never be published (quarantined here)."""
+        good = []
+        for row in rows:
+            reason = invalid_topic(row.topic) or _invalid_payload(row.payload)
+            if reason:
+                self._quarantine([row], reason)
+            else:
+                good.append(row)
+        return good
+
+    def _quarantine(self, rows: list[Record], reason: str) -> None:
+        self.buffer.quarantine([r.id for r in rows], reason)
+        self.cursor = max(self.cursor, rows[-1].id)
+        self.log_poison(logging.ERROR, "quarantined %d buffered record(s) from id %d: %s",
+                        len(rows), rows[0].id, logs.external(reason, 300))
+
     def _publish_batch(self, topic: str, batch: list[Record], now: float) -> bool:
         payload = b"\n".join(r.payload for r in batch)
         if len(payload) > smartrest.MAX_PAYLOAD_BYTES:
-            self.buffer.quarantine([r.id for r in batch], "larger than the MQTT payload limit")
-            log.error("quarantined record %d: %d bytes exceed the %d-byte limit", batch[0].id,
-                      len(payload), smartrest.MAX_PAYLOAD_BYTES)
-            self.cursor = batch[-1].id
+            self._quarantine(batch, f"{len(payload)} bytes exceed the "
+                             f"{smartrest.MAX_PAYLOAD_BYTES}-byte MQTT payload limit")
             return True
         try:
             mid = self.connection.publish(topic, payload)
         except NotConnected as exc:
             self.last_error = f"publish failed: {exc}"
             return False  # the Disconnected event follows
+        except Exception as exc:  # noqa: BLE001 - paho refuses this row: it never will take it
+            if len(batch) > 1:  # find the row at fault: one at a time
+                return all(self._publish_batch(topic, [row], now) for row in batch)
+            self._quarantine(batch, f"publish refused: {type(exc).__name__}: {exc}")
+            return True
         self.inflight[mid] = [r.id for r in batch]
         self.cursor = batch[-1].id
         self.pace.take(len(batch), now)
@@ -301,6 +383,12 @@ def _batches(rows: list[Record]):
         size += len(row.payload) + (1 if len(batch) > 1 else 0)
     if batch:
         yield batch[0].topic, batch
+
+
+def _invalid_payload(payload) -> str | None:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return None
+    return f"the payload is {type(payload).__name__}, not bytes"
 
 
 def _timeout_for(state: str) -> float:

@@ -10,6 +10,7 @@ messages on its own (the buffer does that) and never reconnects behind our back.
 from __future__ import annotations
 
 import queue
+import re
 import socket
 import ssl
 import sys
@@ -21,6 +22,10 @@ PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 SUBACK_FAILURE = 0x80
 # paho sleeps in 1 s steps between its own reconnect attempts; we never let it get there.
 NEVER_S = 24 * 3600
+MAX_TOPIC_BYTES = 65535  # MQTT's UTF-8 string length field
+# What brokers refuse in a topic name (MQTT 3.1.1 §1.5.3, §4.7; mosquitto closes the
+# connection on it): NUL and the other control characters, non-characters, wildcards.
+_BAD_TOPIC_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff+#]")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class ConnectFailed:
 class Disconnected:
     generation: int
     reason: str
+    timed_out: bool = False  # paho gave up waiting (keepalive); else the socket was closed
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ class Connection:
         if PAHO_2:
             client.on_connect = lambda _c, _u, _f, rc, _p=None: self._on_connack(rc)
             client.on_disconnect = lambda _c, _u, _f, rc, _p=None: self._post(
-                Disconnected, str(rc))
+                Disconnected, str(rc), str(rc) == "Keep alive timeout")
             client.on_publish = lambda _c, _u, mid, _rc=None, _p=None: self._post(
                 Published, mid)
             client.on_subscribe = lambda _c, _u, mid, codes, _p=None: self._post(
@@ -147,7 +153,7 @@ class Connection:
         else:
             client.on_connect = lambda _c, _u, _f, rc: self._on_connack(rc)
             client.on_disconnect = lambda _c, _u, rc: self._post(
-                Disconnected, mqtt.error_string(rc))
+                Disconnected, mqtt.error_string(rc), rc == getattr(mqtt, "MQTT_ERR_KEEPALIVE", 16))
             client.on_publish = lambda _c, _u, mid: self._post(Published, mid)
             client.on_subscribe = lambda _c, _u, mid, granted: self._post(
                 Subscribed, mid, tuple(q != SUBACK_FAILURE for q in granted))
@@ -187,6 +193,28 @@ def _describe_connack(rc) -> tuple[bool, str, bool]:
                     mqtt.CONNACK_REFUSED_NOT_AUTHORIZED: "Not authorized"}
     reason = auth_reasons.get(rc) or mqtt.connack_string(rc)
     return rc == mqtt.CONNACK_ACCEPTED, reason, rc in auth_reasons
+
+
+def invalid_topic(topic) -> str | None:
+    """Why `topic` can never be published (None: it can), checked before paho sees it:
+    paho raises on some of these and sends others, and the broker then drops the
+    connection, again on every reconnect."""
+    if not isinstance(topic, str):
+        return f"the topic is {type(topic).__name__}, not text"
+    if not topic:
+        return "the topic is empty"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the topic is not valid UTF-8"
+    if size > MAX_TOPIC_BYTES:
+        return f"the topic is {size} bytes long (MQTT allows {MAX_TOPIC_BYTES})"
+    bad = _BAD_TOPIC_CHAR.search(topic)
+    if bad:
+        return f"the topic contains {bad[0]!r} at position {bad.start()}"
+    if any(0xFFFE <= ord(c) & 0xFFFF for c in topic if ord(c) > 0xFFFF):
+        return "the topic contains a Unicode non-character"
+    return None
 
 
 def describe_connect_error(exc: BaseException | None) -> str:
