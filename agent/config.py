@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,13 @@ EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitS
 MIN_INTERVAL_S = 0.1
 MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
 EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
+MIN_HIDDEN_CHARS = 3  # secrets shorter than this are not searched for in error messages
+HIDDEN = "<not shown>"
+NOT_SHOWN = "(its value is not shown: it may be a secret)"
+# A DSN that holds a password: postgresql://user:PASSWORD@host/db, or password=PASSWORD.
+_DSN_WITH_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@|\bpassword\s*=", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     log_level: str = "info"
     supervisor: SupervisorConfig = SupervisorConfig()
+    # `PATH:LINE: warning: ...` lines (a password others can read); load() logs them.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def device(self, name: str) -> DeviceConfig:
         return next(d for d in self.devices if d.name == name)
@@ -131,22 +143,92 @@ def load(path: str) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [Problem(0, f"cannot read the config file: {exc}")]) from None
-    return parse(text, path)
+    config = parse(text, path, others_read_mode=checks.others_can_read(path))
+    for warning in config.warnings:
+        _warn(warning)
+    return config
 
 
-def parse(text: str, path: str = "<string>") -> Config:
-    """Validate YAML `text` (named `path` in messages) into a Config."""
+def parse(text: str, path: str = "<string>", others_read_mode: int | None = None) -> Config:
+    """Validate YAML `text` (named `path` in messages) into a Config. `others_read_mode`:
+    the file's mode when every user can read it (a password in it then gets a warning)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(path, [_yaml_problem(exc, text)]) from None
     except RecursionError:
         raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
-    reader = _Reader()
+    reader = _Reader(root, path, others_read_mode)
     config = reader.config(root, path)
     if reader.problems:
         raise ConfigError(path, sorted(reader.problems, key=lambda p: p.line))
-    return config
+    warnings = tuple(f"{path}:{w.line}: warning: {w.message}" for w in reader.warnings)
+    return dataclasses.replace(config, warnings=warnings)
+
+
+def _warn(message: str) -> None:
+    """One warning line: through logging once it is set up (a reload), else on stderr
+    (check-config, the first load of `run`; `<4>` marks it a warning for the journal)."""
+    if logging.getLogger().handlers:
+        log.warning("%s", message)
+    else:
+        prefix = "<4>" if os.environ.get("JOURNAL_STREAM") else ""
+        print(f"{prefix}{message}", file=sys.stderr)
+
+
+def find_secrets(text: str) -> tuple[list[tuple[int, int]], set[str]] | None:
+    """Where in `text` the values of secret keys are (character offsets, in order, not
+    overlapping) and those values, from the parsed YAML: any nesting, `? key` forms, block
+    scalars, quoted or aliased values. None when `text` is not YAML (callers then fall back
+    to rules on the text)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return None
+    nodes = _secret_value_nodes(root, checks.is_secret_key)
+    spans: list[tuple[int, int]] = []
+    for node in sorted(nodes, key=lambda n: n.start_mark.index):
+        start, end = node.start_mark.index, node.end_mark.index
+        if spans and start < spans[-1][1]:  # inside (or over) the one before
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        elif end > start:
+            spans.append((start, end))
+    return spans, _scalar_texts(nodes)
+
+
+def _secret_value_nodes(root, is_secret) -> list:
+    """The value nodes of every mapping key `is_secret` accepts, anywhere under `root`."""
+    found, seen, stack = [], set(), [root]
+    while stack:  # not recursive: aliases may make the graph deep, or a cycle
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and is_secret(key.value):
+                    found.append(value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return found
+
+
+def _scalar_texts(nodes) -> set[str]:
+    """Every scalar's text in and under `nodes`."""
+    texts, seen, stack = set(), set(), list(nodes)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            texts.add(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return texts
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
@@ -166,8 +248,13 @@ _SENTINEL = object()
 class _Reader:
     """Walks the composed YAML node tree, collecting problems with their line numbers."""
 
-    def __init__(self):
+    def __init__(self, root=None, path: str = "<string>", others_read_mode: int | None = None):
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self._path, self._others_read_mode = path, others_read_mode
+        # Every value under a key that may hold a secret: no message may show one.
+        self._hidden = sorted((t for t in _scalar_texts(_secret_value_nodes(
+            root, checks.hides_value)) if len(t) >= MIN_HIDDEN_CHARS), key=len, reverse=True)
         self._constructor = yaml.SafeLoader("")
         self._tls_items: dict = {}  # cumulocity.tls key -> value node, for error lines
         self._device_nodes: dict = {}  # device name -> node to report its problems at
@@ -176,7 +263,17 @@ class _Reader:
 
     def error(self, node, message: str) -> None:
         line = node.start_mark.line + 1 if node else 1
+        for secret in self._hidden:  # the last net: messages below already show none
+            message = message.replace(secret, HIDDEN)
         self.problems.append(Problem(line, message.replace("\n", "\\n")))  # one line each
+
+    def warning(self, node, message: str) -> None:
+        self.warnings.append(Problem(node.start_mark.line + 1 if node else 1, message))
+
+    def warn_if_others_can_read(self, node, path: str, mode: int | None, what: str) -> None:
+        if mode is not None:
+            self.warning(node, f"{what}, and every user can read {path} (mode {mode:04o}): "
+                         f"run chmod o-rwx {path} (group c8ysim may read it)")
 
     def mapping(self, node, where: str, allowed: tuple[str, ...]) -> dict:
         """The mapping at `node` as {key: value node}; flags unknown and duplicate keys."""
@@ -205,10 +302,14 @@ class _Reader:
                 return None
             return default
         value = self._scalar(node)
+        hidden = checks.hides_value(key)
         if not _is_kind(value, kind):
-            self.error(node, f"{where}.{key} must be {_kind_name(kind)}, not {value!r}")
+            shown = NOT_SHOWN if hidden else f"not {value!r}"
+            self.error(node, f"{where}.{key} must be {_kind_name(kind)}, {shown}")
             return default if default is not _SENTINEL else None
         if check and (message := check(value)):
+            if hidden:
+                message = _hide(message, value)
             self.error(node, f"{where}.{key}: {message}")
             return default if default is not _SENTINEL else None
         return value
@@ -373,16 +474,39 @@ class _Reader:
                        "cumulocity.password_file, not both")
             return None
         if "password" in items:
-            return str(self.value(items, "password", "cumulocity", (str, int)))
-        file_name = self.value(items, "password_file", "cumulocity", str, None,
-                               checks.readable_file)
-        if file_name is None:
+            self.warn_if_others_can_read(items["password"], self._path, self._others_read_mode,
+                                         "cumulocity.password is in this file")
+            return self.secret_string(items["password"], "cumulocity.password")
+        node = items.get("password_file")
+        if node is None:
             return None
+        file_name = self._scalar(node)
+        if not isinstance(file_name, str) or checks.readable_file(file_name):
+            self.error(node, f"cumulocity.password_file: cannot read that file; it must name a "
+                       f"readable file {NOT_SHOWN}")
+            return None
+        self.warn_if_others_can_read(node, file_name, checks.others_can_read(file_name),
+                                     "cumulocity.password_file holds the password")
         try:
             return Path(file_name).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self.error(items["password_file"], f"cannot read the password file: {exc}")
-            return None
+        except UnicodeDecodeError:
+            self.error(node, "cumulocity.password_file: the file is not UTF-8 text")
+        except OSError as exc:
+            self.error(node, f"cumulocity.password_file: cannot read the file ({exc.strerror})")
+        return None
+
+    def secret_string(self, node, where: str) -> str | None:
+        """A password: YAML text only. Unquoted, `0777` would become 511 and `12:30:45`
+        45045 (YAML 1.1 octal and base 60): a silently wrong password. Never echoed."""
+        value = self._scalar(node)
+        if isinstance(value, str):
+            return value
+        changed = "" if isinstance(value, (type(None), _Composite, _Unreadable)) else (
+            ", which changes it (unquoted, a leading 0 reads as octal, colons as base 60)")
+        self.error(node, f"{where} must be a string, but YAML reads this value as "
+                   f"{_read_as(value)}{changed}: put it in quotes, e.g. password: \"...\" "
+                   f"{NOT_SHOWN}")
+        return None
 
     def storage(self, top: dict) -> StorageConfig:
         items = self.section(top, "storage", (
@@ -391,6 +515,9 @@ class _Reader:
         backend = self.value(items, "backend", where, str, "sqlite",
                              checks.one_of("sqlite", "postgres"))
         dsn = self.value(items, "dsn", where, str, None)
+        if dsn and _DSN_WITH_PASSWORD.search(dsn):
+            self.warn_if_others_can_read(items["dsn"], self._path, self._others_read_mode,
+                                         "storage.dsn holds a password")
         if backend == "postgres" and not dsn:
             self.error(items.node, "storage.backend is postgres: set storage.dsn "
                        "(e.g. postgresql://c8ysim@localhost/c8ysim)")
@@ -474,6 +601,23 @@ class _Composite:
 
     def __repr__(self):
         return "a list or mapping"
+
+
+def _read_as(value) -> str:
+    """What YAML made of a scalar, in words, without the value."""
+    kinds = ((bool, "true/false"), (int, "a number"), (float, "a number"), (bytes, "binary "
+             "data"), (type(None), "empty (null)"), (_Composite, "a list or mapping"))
+    found = next((name for kind, name in kinds if isinstance(value, kind)), None)
+    return found or ("something it cannot read" if isinstance(value, _Unreadable)
+                     else "a date or another non-text value")
+
+
+def _hide(message: str, value) -> str:
+    """`message` without the value (nor its repr) of a key that may hold a secret."""
+    for shown in (repr(value), str(value)):
+        if len(shown) >= MIN_HIDDEN_CHARS:
+            message = message.replace(shown, HIDDEN)
+    return message
 
 
 def _is_kind(value, kind) -> bool:

@@ -10,7 +10,14 @@ import re
 import ssl
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Used with fullmatch(): `$` with match() also accepts a trailing newline ("pv\n").
+DEVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A key whose value may be a secret: errors never show its value, and `c8ysim diag` redacts
+# it. Generous on purpose, typos and case included ("Pasword", "passwd", "pwd", "api-key"):
+# a false positive costs one redacted line, a false negative leaks a password.
+SECRET_KEY_RE = re.compile(r"pa?s+w(?:or|ro|o|r)?d|pass|pwd|secret|token|credential|private"
+                           r"|(?:^|[\W_])(?:api[_-]?)?keys?$", re.IGNORECASE)
+OTHERS_READ = 0o004  # group read is how the service user reads a root-owned config (0640)
 MAX_EXTERNAL_ID_CHARS = 128
 EXTERNAL_ID_PLACEHOLDER = "{external_id}"  # in tls.cert_file/key_file: one per device
 
@@ -47,8 +54,28 @@ def check_timezone(name: str) -> str | None:
     return None
 
 
+def hides_value(key: str) -> bool:
+    """True for a key whose value errors must not show (`password_file` too: it may hold
+    the password itself, typed in the wrong place)."""
+    return bool(SECRET_KEY_RE.search(key))
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a key whose value is a secret to redact; `*_file` keys name paths."""
+    return hides_value(key) and not key.strip().lower().endswith(("_file", "_path", "_dir"))
+
+
+def others_can_read(path: str) -> int | None:
+    """The file's mode when users other than its owner and group can read it, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return mode & 0o7777 if mode & OTHERS_READ else None
+
+
 def check_device_name(name: str) -> str | None:
-    if DEVICE_NAME_RE.match(name):
+    if DEVICE_NAME_RE.fullmatch(name):
         return None
     return "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +132,134 @@ def test_device_parameters_are_checked_against_the_model_catalogue(tmp_path):
     with pytest.raises(config.ConfigError) as error:
         config.load(str(path))
     assert "unknown key 'tilt' in device.pv; did you mean 'tilt_deg'" in str(error.value)
+
+
+# -- secrets (issue 13, defect 8) ----------------------------------------------------------
+
+ENTRY_POINT = Path(sys.executable).with_name("c8ysim")
+C8YSIM = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "agent"]
+
+
+def c8ysim_check_config(path: Path) -> subprocess.CompletedProcess:
+    """The installed `c8ysim` entry point, as an admin runs it."""
+    return subprocess.run([*C8YSIM, "check-config", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "JOURNAL_STREAM": ""})
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("3.14159265", "3.14159265"),
+    ("!!binary aHVudGVyMi1zZWNyZXQ=", "aHVudGVyMi1zZWNyZXQ="),
+    ("0777", "0777"), ("0777", "511"),
+    ("12:30:45", "12:30:45"), ("12:30:45", "45045"),
+    ("!!int hunter2-abc", "hunter2-abc"),
+    ("2024-02-30", "2024-02-30"),
+    ("[hunter2-in-a-list]", "hunter2-in-a-list"),
+    ("{hunter2: x}", "hunter2"),
+])
+def test_mistyped_password_is_an_error_that_never_shows_it(tmp_path, value, shown):
+    path = mutate(tmp_path, "  password: secret", f"  password: {value}")
+    result = c8ysim_check_config(path)
+    assert result.returncode == 78, result.stderr
+    assert f"{path}:{line_of(path, 'password:')}: cumulocity.password must be a string" \
+        in result.stderr
+    assert "quotes" in result.stderr and shown not in result.stderr.replace(str(path), "")
+    with pytest.raises(config.ConfigError) as error:  # what a reload logs, line by line
+        config.load(str(path))
+    assert shown not in str(error.value).replace(str(path), "")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('"0777"', "0777"), ("'12:30:45'", "12:30:45"), ("!!str 0777", "0777"),
+    ('"3.14159265"', "3.14159265"), ("hunter2", "hunter2")])
+def test_quoted_password_is_kept_as_written(tmp_path, value, expected):
+    path = mutate(tmp_path, "  password: secret", f"  password: {value}")
+    assert config.load(str(path)).cumulocity.password == expected
+
+
+@pytest.mark.parametrize("line", [
+    "  password_file: hunter2-typed-here",  # the password typed where its file goes
+    "  password_file: [hunter2-typed-here]",
+    "  password_file: '/nonexistent/hunter2-typed-here'"])
+def test_password_file_errors_never_show_the_value(tmp_path, line):
+    path = mutate(tmp_path, "  password: secret", line)
+    result = c8ysim_check_config(path)
+    assert result.returncode == 78 and "cumulocity.password_file" in result.stderr
+    assert "hunter2" not in result.stderr.replace(str(path), "")
+
+
+def test_no_message_shows_a_value_under_a_secret_looking_key(tmp_path):
+    path = mutate(tmp_path, "  password: secret",
+                  "  password: secret\n  Password: hunter2-typo\n  api_token: hunter2-tok")
+    result = c8ysim_check_config(path)
+    assert result.returncode == 78 and "unknown key 'Password'" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def _warnings(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if ": warning: " in line]
+
+
+def test_password_in_a_file_others_can_read_is_a_warning(tmp_path):
+    path = mutate(tmp_path, "  seed: 1", "  seed: 1")
+    path.chmod(0o644)
+    result = c8ysim_check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert _warnings(result) == [
+        f"{path}:{line_of(path, 'password:')}: warning: cumulocity.password is in this file, "
+        f"and every user can read {path} (mode 0644): run chmod o-rwx {path} "
+        "(group c8ysim may read it)"]
+    path.chmod(0o640)  # the packaged mode (root:c8ysim): the service's group reads it
+    result = c8ysim_check_config(path)
+    assert result.returncode == 0 and _warnings(result) == [], result.stderr
+
+
+def test_password_file_others_can_read_is_a_warning(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-pw\n")
+    path = mutate(tmp_path, "  password: secret", f"  password_file: {secret}")
+    path.chmod(0o644)  # no password in it: no warning about the config file itself
+    secret.chmod(0o604)
+    result = c8ysim_check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert len(_warnings(result)) == 1 and f"every user can read {secret}" in result.stderr
+    assert "s3cr3t-pw" not in result.stderr
+    secret.chmod(0o640)
+    assert _warnings(c8ysim_check_config(path)) == []
+
+
+def test_dsn_with_a_password_in_a_file_others_can_read_is_a_warning(tmp_path):
+    path = mutate(tmp_path, "  backend: sqlite",
+                  "  backend: postgres\n  dsn: postgresql://c8y:hunter2-db@db/c8y")
+    path.chmod(0o644)
+    cfg = config.load(str(path))
+    assert len(cfg.warnings) == 2 and "storage.dsn holds a password" in cfg.warnings[1]
+    assert not any("hunter2" in w for w in cfg.warnings)
+
+
+def test_the_warning_is_one_log_line_at_warning_once_logging_runs(tmp_path, caplog):
+    path = mutate(tmp_path, "  seed: 1", "  seed: 1")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        config.load(str(path))  # as a reload does
+    records = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(records) == 1 and "every user can read" in records[0].getMessage()
+
+
+@pytest.mark.parametrize("name", ["pv\\n", "pv\\n\\n", "pv\\r", "\\npv", "pv\\t"])
+def test_device_name_with_a_line_break_is_refused(tmp_path, name):
+    path = mutate(tmp_path, "{name: pv-roof,", f'{{name: "{name}",')
+    result = c8ysim_check_config(path)
+    assert result.returncode == 78, result.stderr
+    assert f"{path}:{line_of(path, 'type: pv,')}: device.name: use 1-64" in result.stderr
+
+
+def test_no_anchored_validation_pattern_uses_match_with_dollar():
+    """`re.match(r"...$")` accepts a trailing newline: names and ids use fullmatch()."""
+    import re
+    offenders = []
+    for source in (REPO / "agent").rglob("*.py"):
+        text = source.read_text()
+        for pattern in re.findall(r"re\.compile\(\s*r?[\"']([^\"']*)[\"']", text):
+            if pattern.endswith("$") and not pattern.endswith("\\$"):
+                offenders.append(f"{source.name}: {pattern}")
+    assert not offenders, offenders

@@ -244,3 +244,74 @@ def test_check_config_impossible_date_exits_78(tmp_path):
     result = _check_config(tmp_path, CRASHERS["impossible date"].encode())
     assert result.returncode == config.EX_CONFIG and "Traceback" not in result.stderr, (
         result.returncode, result.stderr[-500:])
+
+
+# --- passwords: kept exactly when quoted, never echoed when mistyped (issue 13) -------------
+
+PASSWORD_LINE = "  password: secret"
+EXTRA_MISTAKES = ["", "  seed: 1 ", "  seed: x "]  # alone, or beside another error
+SECRET_FUZZ = fuzz_settings(examples_in_make_test=300)
+
+sexagesimal = st.tuples(st.integers(1, 99), st.integers(0, 59), st.integers(0, 59)).map(
+    lambda t: f"{t[0]}:{t[1]:02d}:{t[2]:02d}")
+octal = st.text(alphabet="01234567", min_size=6, max_size=12).map(lambda s: "0" + s)
+base64_bytes = st.binary(min_size=6, max_size=30).map(
+    lambda b: __import__("base64").b64encode(b).decode())
+mistyped = st.one_of(
+    st.integers(10**6, 10**15).map(str),
+    octal,
+    sexagesimal,
+    st.floats(allow_nan=False, allow_infinity=False).map(repr).filter(lambda s: len(s) >= 6),
+    st.tuples(st.integers(1000, 2999), st.integers(1, 12), st.integers(1, 28)).map(
+        lambda t: f"{t[0]}-{t[1]:02d}-{t[2]:02d}"),
+    base64_bytes.map(lambda s: f"!!binary {s}"),
+    st.tuples(st.sampled_from(["!!int", "!!float", "!!bool", "!!timestamp", "!!null"]),
+              st.text(alphabet="abcdefxyz0123456789", min_size=6, max_size=12)).map(" ".join),
+    st.text(alphabet="abcdefxyz0123456789", min_size=6, max_size=12).map(lambda s: f"[{s}]"),
+    st.text(alphabet="abcdefxyz0123456789", min_size=6, max_size=12).map(lambda s: f"{{{s}: 1}}"),
+)
+
+
+def _shown_part(value: str) -> str:
+    """The part of a written value that must never be echoed (without tag and brackets)."""
+    if value.startswith("!!"):
+        return value.split(" ", 1)[1]
+    if value.startswith("{"):
+        return value[1:-len(": 1}")]
+    return value[1:-1] if value.startswith("[") else value
+
+
+@SECRET_FUZZ
+@given(mistyped, st.sampled_from(EXTRA_MISTAKES))
+def test_mistyped_password_never_appears_in_the_errors(value, extra):
+    text = _sub(PASSWORD_LINE, f"  password: {value}")
+    if extra:
+        text = text.replace("  seed: 1 ", extra, 1)
+    try:
+        parsed = config.parse(text, PATH)
+    except config.ConfigError as exc:
+        check_error_lines(exc, text)
+        rendered = str(exc)
+        assert "cumulocity.password must be a string" in rendered, rendered
+        secret = _shown_part(value)
+        assert secret not in rendered.replace(PATH, ""), rendered
+        event("error")
+    else:  # only a value YAML reads as text may load, unchanged
+        assert parsed.cumulocity.password == value, (value, parsed.cumulocity.password)
+        event("text")
+
+
+def yaml_double_quoted(text: str) -> str:
+    """`text` as a YAML double-quoted scalar; escapes for all but plainly printable chars."""
+    def plain(c: str) -> bool:
+        o = ord(c)
+        return (0x20 <= o <= 0x7E and c not in '"\\') or (0xA0 <= o <= 0xD7FF and o not in (
+            0x2028, 0x2029)) or 0xE000 <= o <= 0xFFFD and o != 0xFEFF or o >= 0x10000
+    return '"' + "".join(c if plain(c) else f"\\U{ord(c):08x}" for c in text) + '"'
+
+
+@SECRET_FUZZ
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+def test_any_quoted_password_loads_exactly(password):
+    text = _sub(PASSWORD_LINE, f"  password: {yaml_double_quoted(password)}")
+    assert config.parse(text, PATH).cumulocity.password == password
