@@ -95,6 +95,14 @@ class StorageConfig:
 class StatusConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    password_file: str | None = None
+    # Read once at load (and reload), never shown; HTTP basic auth as user c8ysim when set.
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """(user, password) of the status page's basic auth, or None: no auth."""
+        return (checks.STATUS_USER, self.password) if self.password else None
 
 
 @dataclass(frozen=True)
@@ -535,10 +543,26 @@ class _Reader:
         )
 
     def status(self, top: dict) -> StatusConfig:
-        items = self.section(top, "status", ("listen",))
+        items = self.section(top, "status", ("listen", "password_file"))
         listen = self.value(items, "listen", "status", str, "127.0.0.1:8080", checks.check_listen)
         host, port = checks.split_listen(listen or "127.0.0.1:8080")
-        return StatusConfig(host=host, port=port)
+        password_file = self.value(items, "password_file", "status", str, None,
+                                   checks.readable_file)
+        password = None
+        if password_file is not None:
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError, ValueError):
+                self.error(items["password_file"], f"cannot read status.password_file "
+                           f"{password_file!r} as UTF-8 text")
+            else:
+                if not password:
+                    self.error(items["password_file"], f"status.password_file "
+                               f"{password_file!r} is empty; put the status page password in it")
+                    password = None
+        elif "password_file" not in items and listen and not checks.is_loopback(host):
+            self.error(items.get("listen"), checks.NEEDS_STATUS_PASSWORD.format(listen=listen))
+        return StatusConfig(host=host, port=port, password_file=password_file, password=password)
 
     def devices(self, top: dict) -> list[DeviceConfig]:
         node = top.get("devices")

@@ -5,6 +5,7 @@ config names (certificates, CA bundles, password files).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -134,3 +135,20 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(listen)
     return host.strip("[]"), int(port)
+
+
+STATUS_USER = "c8ysim"  # the user name of the status page's basic auth
+NEEDS_STATUS_PASSWORD = (
+    "status.listen {listen} is reachable from other hosts, and the status page shows the "
+    "site's data: set status.password_file to a file holding a password (HTTP basic auth, "
+    "user c8ysim), or listen on loopback (127.0.0.1:8080)")
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything

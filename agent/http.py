@@ -8,6 +8,10 @@ request renders from memory inside the supervisor's loop (see status_server.py).
 Endpoints: `/` (device cards, refreshing itself from `/cards`), `/data` (readings table,
 `?format=csv`), `/api/status`, `/api/devices/<name>/readings`, `/metrics`, `/healthz`,
 `/readyz`. Bad query parameters give 400 with a message, unknown devices 404, never a 500.
+With `auth` (user, password: the supervisor passes ("c8ysim", status.password_file's text))
+every path but `/healthz` asks for HTTP basic auth, compared in constant time. `/healthz`
+stays open for systemd and monitoring probes that hold no credentials: it says only "ok" or
+"supervisor loop stalled". `/readyz` names devices and their trouble, so it is guarded.
 The bottle API used here exists in bottle 0.12 (Debian 12) and 0.13.
 """
 
@@ -35,7 +39,7 @@ CSV_PAGE_ROWS = 1000  # bounds what one request costs the supervisor loop (~15 m
 DATA_WINDOWS = {"5m": ("last 5 min", 300.0), "15m": ("last 15 min", 900.0),
                 "1h": ("last hour", 3600.0)}
 MAX_QUERY_FIELDS = 20
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes stay usable without credentials
+OPEN_PATHS = frozenset({"/healthz"})  # liveness probes hold no credentials; it tells nothing
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -54,7 +58,7 @@ def build_app(status: Callable[[], dict], healthy: Callable[[], bool],
               history: Callable[[str], list | None] = lambda name: None,
               auth: tuple[str, str] | None = None, now: Callable[[], float] | None = None
               ) -> bottle.Bottle:
-    """The WSGI app. `auth` (user, password) turns on HTTP basic auth for all but the probes;
+    """The WSGI app. `auth` (user, password) turns on HTTP basic auth for all but /healthz;
     `now` (wall clock, epoch seconds) is for tests."""
     clock = now or time.time
     app = bottle.Bottle()
@@ -121,10 +125,12 @@ def build_app(status: Callable[[], dict], healthy: Callable[[], bool],
         text = "ready\n" if not problems else "".join(f"{p}\n" for p in problems)
         return _reply(text, TEXT, 503 if problems else 200)
 
+    @app.error(400)
     @app.error(401)
     @app.error(404)
     @app.error(405)
-    def not_found(error):
+    @app.error(500)
+    def plain_error(error):
         bottle.response.content_type = TEXT
         return f"{error.status_line}\n"
 

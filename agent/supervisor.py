@@ -12,6 +12,7 @@ only carries the decisions out.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -42,6 +43,7 @@ HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 RESPAWN, REMOVE = "respawn", "remove"  # what follows a requested stop
 HOUSEHOLD_WIDE_TYPES = frozenset({"grid"})  # a grid meter's reading sums the other devices
+REBIND_EVERY_S = 5.0  # a lost status socket is bound again at most this often
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class Supervisor:
         self._watchdog_s = processes.watchdog_interval_s()
         self._next_pet_at = 0.0
         self._next_stagger_at = 0.0
+        self._next_rebind_at = 0.0
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -138,6 +141,8 @@ class Supervisor:
             log.warning("%s", wallclock.describe(step_s))
         if self.server:
             self.server.expire(now)
+        else:
+            self._keep_status_up(now)
         self._pet(now)
 
     def _select_timeout(self, now: float) -> float:
@@ -386,10 +391,12 @@ class Supervisor:
         self._next_status_at = 0.0  # say how things stand right away
 
     def _apply(self, new: Config) -> None:
+        """All or nothing: the new status socket is bound before anything else changes; if
+        it cannot be, the running configuration, socket and children stay as they are."""
+        if new.status != self.config.status and not self._switch_status(new):
+            return
         old, self.config = self.config, new
         logs.setup(new.log_level, "supervisor")
-        if old.status != new.status:
-            self._rebind_status(old, new)
         removed, changed, added = diff(old, new)
         for name in removed:
             self._retire(self.children[name], REMOVE)
@@ -409,18 +416,75 @@ class Supervisor:
 
     # -- status -------------------------------------------------------------------------------
 
-    def _bind_status(self, config: Config) -> StatusServer:
-        app = self.build_app(self.status, self.healthy, self.history)
-        return StatusServer(app, config.status.host, config.status.port, self.selector)
+    def _status_app(self, config: Config):
+        return self.build_app(self.status, self.healthy, self.history,
+                              auth=config.status.auth)
 
-    def _rebind_status(self, old: Config, new: Config) -> None:
+    def _bind_status(self, config: Config) -> StatusServer:
+        return StatusServer(self._status_app(config), config.status.host, config.status.port,
+                            self.selector)
+
+    def _switch_status(self, new: Config) -> bool:
+        """Serve the status page as `new` says; False (and a log line saying so) when the new
+        address cannot be bound, with the running socket kept."""
+        old = self.config.status
+        if self.server and (new.status.host, new.status.port) == (old.host, old.port):
+            self.server.app = self._status_app(new)  # only the password changed
+            return True
+        try:
+            server = self._bind_status(new)
+        except OSError as exc:
+            if not self._shares_port(new, exc):
+                self._refuse_status(new, exc)
+                return False
+            server = self._rebind_in_place(new)  # the running socket is what is in the way
+            if server is None:
+                return False
+        self._close_server()
+        self.server = server
+        log.log(logs.NOTICE, "status page now on http://%s:%d/", server.host, server.port)
+        return True
+
+    def _shares_port(self, new: Config, exc: OSError) -> bool:
+        """Whether our own socket may be what makes binding `new` fail (0.0.0.0:8080 is in
+        the way of 127.0.0.1:8080)."""
+        return (exc.errno == errno.EADDRINUSE and self.server is not None
+                and new.status.port == self.server.port)
+
+    def _rebind_in_place(self, new: Config) -> StatusServer | None:
+        """Close the running socket, bind the new one; on failure bind the old one again."""
+        old = self.config
         self._close_server()
         try:
-            self.server = self._bind_status(new)
+            return self._bind_status(new)
         except OSError as exc:
-            log.error("cannot listen on %s:%d (%s); the status page stays on %s:%d",
-                      new.status.host, new.status.port, exc, old.status.host, old.status.port)
+            failure = exc
+        try:
             self.server = self._bind_status(old)
+        except OSError as exc:
+            log.error("the status page is down: cannot listen on %s:%d again (%s); retrying "
+                      "every %.0f s", old.status.host, old.status.port, exc, REBIND_EVERY_S)
+        self._refuse_status(new, failure)
+        return None
+
+    def _refuse_status(self, new: Config, exc: OSError) -> None:
+        where = (f"on http://{self.server.host}:{self.server.port}/" if self.server
+                 else "down")
+        log.error("reload refused, keeping the running configuration: cannot listen on "
+                  "%s:%d (%s); the status page stays %s", new.status.host, new.status.port,
+                  exc.strerror or exc, where)
+
+    def _keep_status_up(self, now: float) -> None:
+        """After a failed in-place rebind: try the running address again now and then."""
+        if self.server or self.stopping_since is not None or now < self._next_rebind_at:
+            return
+        self._next_rebind_at = now + REBIND_EVERY_S
+        try:
+            self.server = self._bind_status(self.config)
+        except OSError:
+            return
+        log.log(logs.NOTICE, "status page back on http://%s:%d/", self.server.host,
+                self.server.port)
 
     def _close_server(self) -> None:
         if self.server:

@@ -14,6 +14,8 @@ import re
 import selectors
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -25,10 +27,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent import config as config_module
 from agent import http, status_cli, status_html, status_metrics, status_view
 from agent.http import build_app
 from agent.status_server import StatusServer
-from conftest import free_port, wait_until, write_config
+from conftest import REPO, free_port, wait_until, write_config
 from fuzzing import fuzz_settings
 
 SINGLE = "c8y_SinglePhaseEnergyMeasurement"
@@ -390,16 +393,27 @@ def test_healthz_and_readyz(loop):
     assert b"supervisor loop stalled" in loop.get("/readyz")[2]
 
 
-def test_basic_auth_guards_all_but_the_probes():
+def test_basic_auth_guards_everything_but_healthz():
     server = LoopThread(auth=("admin", "s3cr\u00e9t"))
+    right = {"Authorization": "Basic " + b64encode("admin:s3cr\u00e9t".encode()).decode()}
     try:
         status, headers, _ = server.get("/api/status")
         assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
-        wrong = {"Authorization": "Basic " + b64encode(b"admin:nope").decode()}
-        assert server.get("/metrics", wrong)[0] == 401
-        right = {"Authorization": "Basic " + b64encode("admin:s3cr\u00e9t".encode()).decode()}
+        for wrong in (b"admin:nope", b"admin", b"nobody:s3cr\xc3\xa9t", b"admin:s3cr\xe9t",
+                      b"\xff\xfe:\x00"):
+            header = {"Authorization": "Basic " + b64encode(wrong).decode()}
+            assert server.get("/metrics", header)[0] == 401, wrong
+        for garbage in ("Basic", "Basic !!!", "Bearer x", "Basic " + "A" * 5000):
+            assert server.get("/api/status", {"Authorization": garbage})[0] == 401
         assert server.get("/metrics", right)[0] == 200
-        assert server.get("/healthz")[0] == 200 and server.get("/readyz")[0] == 200
+        # /readyz names devices and their trouble: guarded. /healthz says only ok/stalled.
+        assert server.get("/readyz")[0] == 401 and server.get("/readyz", right)[0] == 200
+        for path in ("/", "/cards", "/data", "/data?format=csv",
+                     "/api/devices/pv-roof/readings"):
+            assert server.get(path)[0] == 401, path
+            assert server.get(path, right)[0] == 200, path
+        status, _, body = server.get("/healthz")
+        assert (status, body) == (200, b"ok\n")
     finally:
         server.close()
 
@@ -513,3 +527,53 @@ def test_every_endpoint_of_the_real_agent(tmp_path, mosquitto, agent_factory):
     agent.stop()
     code, _, err = run_cli(config)
     assert code == 3 and "not running" in err
+
+
+# -- status.listen off loopback needs status.password_file (issue 13) -----------------------
+
+def check_config(path) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080", "192.168.1.20:8080",
+                                    "pi.example.org:8080"])
+def test_listening_off_loopback_without_a_password_file_is_refused(tmp_path, listen):
+    config = write_config(tmp_path, 1883, 8080)
+    config.write_text(config.read_text().replace("'127.0.0.1:8080'", f"'{listen}'"))
+    code, output = check_config(config)
+    line = config.read_text().splitlines().index(f"status: {{listen: '{listen}'}}") + 1
+    assert code == 78 and f"{config}:{line}: status.listen {listen}" in output, output
+    assert "status.password_file" in output and "127.0.0.1:8080" in output
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8080",
+                                    "localhost:8080"])
+def test_loopback_needs_no_password(tmp_path, listen):
+    config = write_config(tmp_path, 1883, 8080)
+    config.write_text(config.read_text().replace("'127.0.0.1:8080'", f"'{listen}'"))
+    assert check_config(config)[0] == 0
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("status-pw-4d2a\n", None), ("\n  \n", "is empty"), (b"\xff\xfe", "as UTF-8 text"),
+    (None, "cannot read file")])
+def test_the_password_file_is_read_at_load_and_never_shown(tmp_path, content, problem):
+    secret = tmp_path / "status-password"
+    if isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    config = write_config(tmp_path, 1883, 8080)
+    config.write_text(config.read_text().replace(
+        "'127.0.0.1:8080'}", f"'0.0.0.0:8080', password_file: {secret}}}"))
+    code, output = check_config(config)
+    assert (code == 0) == (problem is None), output
+    if problem:
+        assert problem in output and "status.password_file" in output, output
+    assert "status-pw-4d2a" not in output
+    if problem is None:
+        loaded = config_module.load(str(config))
+        assert loaded.status.auth == ("c8ysim", "status-pw-4d2a")
+        assert "status-pw-4d2a" not in repr(loaded)

@@ -8,12 +8,15 @@ so they simulate and buffer, which is all the supervisor needs to see of them.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -347,4 +350,93 @@ def test_a_silent_status_client_never_stalls_the_loop(agent):
             half.close()
     finally:
         listener.close()
+    assert agent.stop(5) == 0
+
+
+# -- reload of the status listener: all or nothing (issue 13, defect 3) -----------------------
+
+def set_status(config: Path, listen: str, password_file: Path | None = None) -> None:
+    extra = f", password_file: {password_file}" if password_file else ""
+    text = "\n".join(f"status: {{listen: '{listen}'{extra}}}" if line.startswith("status:")
+                     else line for line in config.read_text().splitlines())
+    config.write_text(text + "\n")
+
+
+def reload_and_wait(agent, text: str, times: int) -> list[str]:
+    """SIGHUP, then wait until `text` is in the log `times` times; the matching lines."""
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: agent.log_text().count(text) >= times or agent.proc.poll() is not None,
+               5, what=f"{text!r} in the log")
+    assert agent.proc.poll() is None, agent.log_text()[-3000:]
+    return [line for line in agent.log_text().splitlines() if text in line]
+
+
+def test_two_failed_status_rebinds_keep_everything_then_a_good_one_applies(agent, tmp_path):
+    """Used to: the first failed rebind replaced the config anyway, the second one logged
+    "stays on B" (wrong) and died on `Address already in use`. Now a reload whose status
+    address cannot be bound is refused as a whole (devices too) and says where the page
+    really is; a good reload afterwards applies everything."""
+    agent.start()
+    port_a = agent.status_port
+    before = agent.wait_all_running([n for n, _t in DEVICES])
+    taken = socket.create_server(("127.0.0.1", 0))
+    port_b = taken.getsockname()[1]
+    try:
+        set_status(agent.config, f"127.0.0.1:{port_b}")
+        rewrite_devices(agent.config, [("pv-roof", "pv", 0.7), ("heatpump", "heatpump", 0.5),
+                                       ("grid-meter", "grid", 0.5)])  # pv-roof changed
+        lines = reload_and_wait(agent, "reload refused", 1)
+        assert f"cannot listen on 127.0.0.1:{port_b}" in lines[-1]
+        assert f"stays on http://127.0.0.1:{port_a}/" in lines[-1] and lines[-1][:3] == "<3>"
+        password = tmp_path / "status-password"
+        password.write_text("pw-never-logged\n")
+        set_status(agent.config, "192.0.2.1:8080", password)  # TEST-NET-1: not ours
+        lines = reload_and_wait(agent, "reload refused", 2)
+        assert "cannot listen on 192.0.2.1:8080" in lines[-1]
+        assert f"stays on http://127.0.0.1:{port_a}/" in lines[-1], lines
+        time.sleep(0.5)
+        assert agent.get("/healthz") == 200 and agent.pids() == before
+        assert port_b != port_a and "pw-never-logged" not in agent.log_text()
+    finally:
+        taken.close()
+    port_c = free_port()
+    set_status(agent.config, f"127.0.0.1:{port_c}")
+    reload_and_wait(agent, "status page now on", 1)
+    agent.status_port = port_c
+    assert agent.get("/healthz") == 200
+    agent.status_port = port_a
+    assert agent.get("/healthz") is None  # the old socket is closed
+    agent.status_port = port_c
+    after = agent.wait_all_running([n for n, _t in DEVICES])
+    assert after["pv-roof"] != before["pv-roof"] and after["heatpump"] == before["heatpump"]
+    assert agent.stop(5) == 0
+
+
+def test_reload_to_all_interfaces_on_the_same_port_turns_on_basic_auth(agent, tmp_path):
+    """127.0.0.1:P to 0.0.0.0:P: our own socket is in the way, so it is rebound in place;
+    the password file (required off loopback) is read at reload and guards every page but
+    /healthz; a new password in the file takes effect at the next reload."""
+    agent.start()
+    port = agent.status_port
+    password = tmp_path / "status-password"
+    password.write_text("first-pw\n")
+    set_status(agent.config, f"0.0.0.0:{port}", password)
+    reload_and_wait(agent, "status page now on http://0.0.0.0", 1)
+
+    def get(path: str, secret: str | None = None) -> int:
+        headers = {"Authorization": "Basic " + base64.b64encode(
+            f"c8ysim:{secret}".encode()).decode()} if secret else {}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert get("/healthz") == 200 and get("/api/status") == 401 and get("/readyz") == 401
+    assert get("/api/status", "first-pw") == 200 and get("/", "wrong") == 401
+    password.write_text("second-pw\n")
+    reload_and_wait(agent, "reloaded", 2)
+    assert get("/api/status", "first-pw") == 401 and get("/api/status", "second-pw") == 200
+    assert "first-pw" not in agent.log_text() and "second-pw" not in agent.log_text()
     assert agent.stop(5) == 0
