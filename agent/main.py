@@ -74,6 +74,7 @@ def _check_config(args) -> int:
 
 def _run(args) -> int:
     path = config.config_path(args.config)
+    logs.setup("info", "supervisor")  # the config's warnings are log lines (<4>) too
     cfg = _load_or_report(path)
     if cfg is None:
         return config.EX_CONFIG

@@ -161,6 +161,7 @@ def write_config(directory: Path, broker_port: int, status_port: int,
         f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
         f"{extra}"
         "devices:\n" + device_lines)
+    path.chmod(0o600)  # as installed (0640 root:c8ysim): it holds a password
     return path
 
 

@@ -171,6 +171,7 @@ class SqliteStore:
         self.next_vacuum_check = 0.0
         self.db: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
+        self.watch_fd: int | None = None  # see file_state()
         try:
             with self._errors():
                 self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -179,7 +180,7 @@ class SqliteStore:
                     self._quick_check()
                 self._migrate()
                 self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
-                self.identity = _identity(path)
+                self._watch()
         except BaseException:
             self.close()
             raise
@@ -253,10 +254,13 @@ class SqliteStore:
 
     def peek(self, limit: int, after_id: int) -> list[Record]:
         with self._errors():
+            # Read as stored, whatever another writer put there (a TEXT payload, a topic that
+            # is not UTF-8): such a row comes out as it is, and the session quarantines it.
             rows = self.db.execute(
-                "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id "
-                "LIMIT ?", (after_id, limit)).fetchall()
-        return [Record(i, t, bytes(p), c) for i, t, p, c in rows]
+                "SELECT id, CAST(topic AS BLOB), CAST(payload AS BLOB), CAST(created AS REAL) "
+                "FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [Record(i, bytes(t or b"").decode("utf-8", "surrogateescape"), bytes(p or b""),
+                       c or 0.0) for i, t, p, c in rows]
 
     def delete(self, ids: Sequence[int]) -> int:
         if not ids:
@@ -312,11 +316,20 @@ class SqliteStore:
         if _identity(self.path) != self.identity:
             return "replaced"
         try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(SQLITE_HEADER))
+            header = os.pread(self.watch_fd, len(SQLITE_HEADER), 0)
         except OSError:
-            return None  # unreadable now (permissions): the next statement says more
+            return None  # the next statement says more
         return None if header == SQLITE_HEADER else "damaged"
+
+    def _watch(self) -> None:
+        """Keep a descriptor of the file for its header checks, open as long as the
+        connection: closing any descriptor of a database file releases every POSIX lock
+        this process holds on it (SQLite's own included), and another writer could then
+        write under the connection and lose rows. So it is never opened and closed per
+        check, and it is closed only after the connection."""
+        self.watch_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        info = os.fstat(self.watch_fd)
+        self.identity = (info.st_dev, info.st_ino)
 
     def rescue(self) -> None:
         """Copy the open (deleted or replaced) database to its path again, then close.
@@ -363,6 +376,9 @@ class SqliteStore:
                 db.close()
             except sqlite3.Error:
                 pass
+        fd, self.watch_fd = self.watch_fd, None
+        if fd is not None:
+            os.close(fd)  # only after the connection: see _watch()
 
     # -- helpers --------------------------------------------------------------------------------
 
