@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,3 +184,62 @@ def _damage(path: Path, how: str) -> None:
         size = max(path.stat().st_size, 8192)
         path.write_bytes(os.urandom(size))
         Path(f"{path}-wal").unlink(missing_ok=True)
+
+
+CHILD = """
+import json, sys, time
+from agent.config import StorageConfig
+from agent.storage import open_buffer
+storage, step = StorageConfig(path=sys.argv[1]), sys.argv[2]
+buffer = open_buffer(storage, "dev")
+if step == "fill":
+    for i in range(5):
+        buffer.put_many([("s/us", f"201,t,{i}".encode(), time.time())],
+                        meta={"model.state": json.dumps({"A+": i})})
+    buffer.ack([r.id for r in buffer.peek(3)])
+else:
+    buffer.put_many([("s/us", b"201,t,5", time.time())], meta={"model.state": '{"A+": 5}'})
+stats = buffer.stats(time.time())
+print(json.dumps({"register": json.loads(buffer.get_meta("model.state"))["A+"],
+                  "degraded": stats.degraded, "lost": stats.lost,
+                  "sendable": [r.payload.decode() for r in buffer.peek(100)]}))
+buffer.close()
+"""
+
+
+def test_a_file_the_service_user_cannot_open_at_start_keeps_registers_and_order():
+    """chmod 000 on the file (as the service user, not root, who could read it anyway): the
+    registers come from the ledger, and since the file may hold older rows, nothing newer
+    is sent before it opens again."""
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.fail("this test runs the buffer as another user: run the tests as root")
+    base = Path(tempfile.mkdtemp(prefix="c8ysim-chmod-"))
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir()
+        shutil.chown(state, "nobody", "nogroup")
+
+        def as_nobody(step: str) -> dict:
+            result = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-c", CHILD, str(state), step],
+                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                timeout=60)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        assert as_nobody("fill")["sendable"] == ["201,t,3", "201,t,4"]
+        (state / "dev.sqlite3").chmod(0)
+        blocked = as_nobody("again")
+        assert blocked["register"] == 4 + 1 and "permission denied" in blocked["degraded"]
+        assert blocked["sendable"] == []  # 2 older rows wait in the file: order first
+        (state / "dev.sqlite3").chmod(0o600)
+        reopened = as_nobody("again")
+        # The blocked run ended with its reading in memory and no file to put it in: lost,
+        # and counted as such; the file's own rows were kept and come first.
+        assert reopened["register"] == 5 and reopened["lost"] == 1
+        assert reopened["sendable"] == ["201,t,3", "201,t,4", "201,t,5"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -451,6 +451,8 @@ def _describe(code: int, exc: sqlite3.Error, path: str) -> str:
                 return "read-only file system"
         except OSError:
             pass
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            return "permission denied (check the owner and mode of the file)"
     return REASONS.get(code, str(exc))
 
 
