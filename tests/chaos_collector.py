@@ -43,12 +43,12 @@ next in delivery order.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
 
+from agent.storage.ledger import Ledger
 from fake_tenant import FakeTenant, parse_smartrest
 
 UPSTREAM_TOPIC = "s/us"
@@ -253,7 +253,7 @@ def read_buffer(path: Path) -> dict:
     finally:
         db.close()
     ledger = path.with_name(path.name.replace(".sqlite3", ".ledger.json"))
-    bypassed = json.loads(ledger.read_text()).get("bypassed", 0) if ledger.exists() else 0
+    bypassed = Ledger(str(ledger)).bypassed
     return {"generated": (seq[0] if seq else 0) + bypassed, "outbox": outbox,
             "quarantined": quarantined,
             "dropped": int(dropped[0] or 0) if dropped else 0}

@@ -243,3 +243,40 @@ def test_a_file_the_service_user_cannot_open_at_start_keeps_registers_and_order(
         assert reopened["sendable"] == ["201,t,3", "201,t,4", "201,t,5"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_state_written_only_to_memory_on_a_full_disk_survives_the_process(tmp_path):
+    """A full disk: the file takes nothing, the readings and the device state live in memory,
+    and the process ends before the disk has room again. The memory rows are gone (counted);
+    the state is not, because the ledger is rewritten in place, which needs no new block."""
+    from storage_support import fill_up, tmpfs
+    with tmpfs(tmp_path / "fs", 512) as directory:
+        storage = StorageConfig(path=str(directory))
+        buffer = open_buffer(storage, "dev")
+        fill(buffer, 0, 5)
+        filler = fill_up(directory)
+        fill(buffer, 5, 25)  # 20 readings in memory, the state too
+        assert buffer.stats(time.time()).degraded
+        buffer.close()
+        filler.unlink()
+        again = open_buffer(storage, "dev")
+        assert register(again) == 24  # not 4: the ledger was newer than the file
+        assert again.stats(time.time()).lost == 20
+        assert payloads(again) == [f"201,t,{i}".encode() for i in range(5)]
+        again.close()
+
+
+def test_a_torn_ledger_slot_falls_back_to_the_other(storage):
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 3)
+    buffer.close()
+    path = Path(storage.path) / "dev.ledger.json"
+    from agent.storage.ledger import SLOT_BYTES, Ledger
+    writes = Ledger(str(path)).writes
+    newest = writes % 2  # the slot written last
+    with open(path, "r+b") as file:  # a crash half-way through writing the newest slot
+        file.seek(newest * SLOT_BYTES + 40)
+        file.write(b"\0" * 100)
+    ledger = Ledger(str(path))
+    assert ledger.writes == writes - 1  # the write before the torn one: close() saved the
+    assert json.loads(ledger.meta[STATE])["A+"] == 2  # last tick's state once more

@@ -38,7 +38,7 @@ from agent import backoff
 from agent.storage import BufferStats, Record, StorageConfigError
 from agent.storage.bursts import BurstLog
 from agent.storage.ledger import Ledger
-from agent.storage.store import EMPTY, Counters, Item, Store, StoreError
+from agent.storage.store import EMPTY, Counters, Item, Store, StoreError, user_meta
 
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
@@ -46,6 +46,7 @@ MOVE_CHUNK_ROWS = 2_000
 MOVE_BUDGET_S = 0.2  # per maintenance call: a big move never stalls a tick for long
 REPLACED_CHECK_S = 1.0  # how often the buffer looks whether its file is still there
 ID_BITS = 64  # a store's own row ids fit below this
+META_SEQ_KEY = "buffer.meta_seq"  # which device state is newer: the store's or the ledger's
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,14 @@ class TieredBuffer:
         self._maintain(self.clock())
         rows = [(topic, bytes(payload), created) for topic, payload, created in items]
         meta = dict(meta or {})
+        if meta and self.ledger is not None:  # numbered: the newer of store and ledger wins
+            self.ledger.seq += 1
+            meta[META_SEQ_KEY] = str(self.ledger.seq)
         if not self._write(rows, meta):
             raise StoreError("no store can take the readings")  # only without memory
         if meta and self.ledger is not None:
             primary = self.tiers[0]
-            self.ledger.update(meta, primary.unsent() if primary.readable else None)
+            self.ledger.update(user_meta(meta), primary.unsent() if primary.readable else None)
             self.ledger.save()
 
     def set_meta(self, key: str, value: str | None) -> None:
@@ -297,27 +301,37 @@ class TieredBuffer:
 
     def _opened(self, tier: Tier, previous_depth: int | None) -> None:
         """A store (re)opened. If its file is new, empty or was moved aside, the readings it
-        held are lost: count them (the ledger knows the primary's from before a restart),
-        and a primary starts from the ledger's device state, so registers never go back."""
+        held are lost: count them (the ledger knows the primary's from before a restart).
+        A primary whose device state is older than the ledger's (lost with the file, or
+        last written to memory that ended with the process) takes the ledger's: registers
+        never go back."""
         store = tier.store
         try:
             tier.depth = store.depth()
         except StoreError as exc:
             self._failed(tier, exc)
             return
-        if not (getattr(store, "fresh", False) or store.lost_file):
+        if getattr(store, "fresh", False) or store.lost_file:
+            held = previous_depth if previous_depth is not None else (
+                self.ledger.queued if tier is self.tiers[0] and self.ledger else 0)
+            if held:
+                where = f"moved aside to {store.lost_file}" if store.lost_file else "gone"
+                self._lose(held, f"{tier.label}: the file that held {held} readings is {where}")
+        if tier is self.tiers[0] and self.ledger is not None:
+            self._restore_state(tier)
+
+    def _restore_state(self, tier: Tier) -> None:
+        try:
+            stored = int(tier.store.get_meta(META_SEQ_KEY)[1] or 0)
+            if self.ledger.meta and self.ledger.seq > stored:
+                tier.store.append([], {**self.ledger.meta, META_SEQ_KEY: str(self.ledger.seq)},
+                                  self.wall())
+                log.warning("%s: device state restored from %s (it was newer)", tier.label,
+                            self.ledger.path)
+        except (StoreError, ValueError) as exc:
+            self._failed(tier, exc if isinstance(exc, StoreError) else StoreError(str(exc)))
             return
-        primary = tier is self.tiers[0] and self.ledger is not None
-        held = previous_depth if previous_depth is not None else (
-            self.ledger.queued if primary else 0)
-        if held:
-            where = f"moved aside to {store.lost_file}" if store.lost_file else "gone"
-            self._lose(held, f"{tier.label}: the file that held {held} readings is {where}")
-        if primary and self.ledger.meta:
-            try:
-                store.append([], dict(self.ledger.meta), self.wall())
-            except StoreError as exc:
-                self._failed(tier, exc)
+        self.ledger.seq = max(self.ledger.seq, stored)
 
     def _retry(self, tier: Tier) -> None:
         if not tier.readable:
