@@ -72,3 +72,41 @@ def test_bad_arguments_are_refused(tmp_path):
                                  str(path), *args], cwd=REPO, capture_output=True, text=True,
                                 timeout=30)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+PEAK_RSS = ("import resource, sys; from agent.main import main; rc = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+
+
+def _backfill_peak_kib(config, since: str) -> int:
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, "backfill", "--config",
+                             str(config), "--device", "pv-roof", "--since", since],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.splitlines()[-1])
+
+
+def test_backfill_streams_its_span_instead_of_holding_it(tmp_path):
+    """Memory does not grow with the span (it held ~1.5 KiB per reading: a year at 10 s
+    would have needed gigabytes)."""
+    config = write_config(tmp_path, free_port(), free_port(), interval_s=1,
+                          devices=[("pv-roof", "pv")])
+    short = _backfill_peak_kib(config, "30m")  # 1 800 readings
+    long = _backfill_peak_kib(config, "5h")  # 18 000 readings: +25 MiB if held
+    assert long < short + 8 * 1024, (short, long)
+
+
+def test_a_span_that_does_not_fit_is_refused_not_half_dropped(tmp_path):
+    config = write_config(tmp_path, free_port(), free_port(), interval_s=10,
+                          devices=[("pv-roof", "pv")])
+    config.write_text(config.read_text().replace("storage: {path:",
+                                                 "storage: {max_records: 1000, path:"))
+    result = subprocess.run([sys.executable, "-m", "agent", "backfill", "--config",
+                             str(config), "--device", "pv-roof", "--since", "10h"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "3600 readings" in result.stderr, result.stderr
+    assert "max_records" in result.stderr
+    ok = subprocess.run([sys.executable, "-m", "agent", "backfill", "--config", str(config),
+                         "--device", "pv-roof", "--since", "2h"],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "queued 720 readings" in ok.stdout, ok.stderr
