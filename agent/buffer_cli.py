@@ -1,4 +1,4 @@
-"""`c8ysim buffer stats`: each device's queue, read straight from its SQLite file.
+"""`c8ysim buffer stats`: each device's queue, read straight from its SQLite file and ledger.
 
 Opens the files read-only (SQLite's WAL lets this run beside the daemon) and changes
 nothing: no migration, no recovery, no moving of corrupt files — that is the daemon's job.
@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 from agent import config
+from agent.storage.ledger import Ledger
 from agent.storage.sqlite import store_path
 from agent.storage.store import DROPPED_KEY
 
 EXIT_OK, EXIT_USAGE = 0, 2
 BUSY_TIMEOUT_S = 5.0
-COLUMNS = ("DEVICE", "QUEUED", "OLDEST", "DROPPED", "QUARANTINED")
+COLUMNS = ("DEVICE", "QUEUED", "OLDEST", "DROPPED", "QUARANTINED", "LOST")
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +41,8 @@ def run_stats(args) -> int:
         print("c8ysim buffer stats reads SQLite buffers; with PostgreSQL use "
               "`c8ysim status` (the running agent's view)", file=sys.stderr)
         return EXIT_USAGE
-    rows = {d.name: device_stats(store_path(cfg.storage, d.name)) for d in cfg.devices}
+    rows = {d.name: {**device_stats(store_path(cfg.storage, d.name)),
+                     "lost": Ledger.beside(cfg.storage, d.name).lost} for d in cfg.devices}
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
     return EXIT_OK
 
@@ -76,6 +78,7 @@ def _table(rows: dict) -> str:
             lines.append(f"{name:<12}  {stats['error']}")
             continue
         age = "-" if stats["oldest_age_s"] is None else f"{stats['oldest_age_s']:.0f} s"
-        cells = (name, stats["queued"], age, stats["dropped"], stats["quarantined"])
+        cells = (name, stats["queued"], age, stats["dropped"], stats["quarantined"],
+                 stats["lost"])
         lines.append("  ".join(f"{str(c):<12}" for c in cells).rstrip())
     return "\n".join(lines)

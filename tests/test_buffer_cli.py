@@ -33,5 +33,20 @@ def test_stats_show_queue_age_and_quarantine(tmp_path):
     assert 55 <= view["heatpump"]["oldest_age_s"] <= 120
     assert "no buffer yet" in view["pv-roof"]["error"]
     table = stats(path).stdout.splitlines()
-    assert table[0].split() == ["DEVICE", "QUEUED", "OLDEST", "DROPPED", "QUARANTINED"]
+    assert table[0].split() == ["DEVICE", "QUEUED", "OLDEST", "DROPPED", "QUARANTINED",
+                                "LOST"]
     assert table[2].split()[:2] == ["heatpump", "4"]
+
+
+def test_stats_show_the_readings_lost_with_a_file(tmp_path):
+    path = write_config(tmp_path, free_port(), free_port())
+    cfg = config.load(str(path))
+    buffer = open_buffer(cfg.storage, "heatpump")
+    buffer.put_many([("s/us", f"211,{i}".encode(), time.time()) for i in range(7)],
+                    meta={"model.state": "{}"})
+    buffer.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / "state" / f"heatpump.sqlite3{suffix}").unlink(missing_ok=True)
+    open_buffer(cfg.storage, "heatpump").close()  # the device starts: 7 counted lost
+    view = json.loads(stats(path, "--json").stdout)
+    assert view["heatpump"]["lost"] == 7 and view["heatpump"]["queued"] == 0
