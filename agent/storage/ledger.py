@@ -12,8 +12,11 @@ registers never go back, and the rows a lost file held are counted.
 
 It is written after the buffer's transaction, once per tick, so every register value that
 reached Cumulocity is in it. The file has two fixed slots of SLOT_BYTES, written in turn in
-place and fsynced, each with a CRC: a crash mid-write leaves the other slot, and a full disk
-(the SD card's most common end) does not stop it, since no block is ever allocated anew.
+place, each with a CRC: a crash mid-write leaves the other slot, and a full disk (the SD
+card's most common end) does not stop it, since no block is ever allocated anew. It is as
+durable as the buffer: fsynced per write only with `storage.synchronous: full`; otherwise,
+like SQLite's WAL commits, it survives any crash of the process at once and a power cut once
+the kernel wrote it back (seconds), and the kernel folds a tick's 4 KiB into few writes.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Ledger:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, durable: bool = False):
+        self.path, self.durable = path, durable
         self.meta: dict[str, str] = {}
         self.queued = self.lost = self.bypassed = 0
         self.seq = 0  # of the device state: each change numbered, in the store's meta too
@@ -44,7 +47,8 @@ class Ledger:
 
     @classmethod
     def beside(cls, storage, device_name: str) -> "Ledger":
-        return cls(str(Path(storage.path) / f"{device_name}.ledger.json"))
+        return cls(str(Path(storage.path) / f"{device_name}.ledger.json"),
+                   durable=storage.synchronous == "full")
 
     def update(self, meta: dict[str, str | None], queued: int | None = None) -> None:
         for key, value in meta.items():
@@ -69,7 +73,8 @@ class Ledger:
                     os.pwrite(fd, slot * SLOTS, 0)
                 else:
                     os.pwrite(fd, slot, (self.writes % SLOTS) * SLOT_BYTES)
-                os.fdatasync(fd)
+                if self.durable:
+                    os.fdatasync(fd)
             finally:
                 os.close(fd)
         except (OSError, ValueError) as exc:
