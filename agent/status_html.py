@@ -231,6 +231,8 @@ def _facts(device: dict, now: float) -> str:
              ("reconnects", sv.fmt_count(device.get("reconnects_total",
                                                     device.get("reconnects")))),
              ("restarts", sv.fmt_count(device.get("restarts"))),
+             ("broker msgs dropped", sv.fmt_count(device.get("inbound_dropped"))),
+             ("broker lines ignored", sv.fmt_count(device.get("inbound_ignored"))),
              ("last ack", sv.fmt_since(device.get("last_ack"), now))]
     if device.get("last_error"):
         facts.append(("last error", str(device["last_error"])))

@@ -35,8 +35,14 @@ DEVICE_FAMILIES = (
      lambda d: d.get("lost")),
     ("c8ysim_reconnects_total", "counter", "MQTT reconnects (since the child started).",
      lambda d: d.get("reconnects_total", d.get("reconnects"))),
-    ("c8ysim_restarts_total", "counter", "Times the supervisor restarted the device's child.",
-     lambda d: d.get("restarts")),
+    ("c8ysim_restarts_total", "counter", "Times the supervisor restarted the device's child "
+     "(after a death or for a c8y_Restart).", lambda d: d.get("restarts")),
+    ("c8ysim_inbound_dropped_total", "counter", "Broker messages (s/ds, s/e) dropped unread: "
+     "over the size limit or the rate budget (since the child started).",
+     lambda d: d.get("inbound_dropped")),
+    ("c8ysim_inbound_ignored_total", "counter", "Operation lines from the broker ignored: "
+     "malformed, for another device or unsupported (since the child started).",
+     lambda d: d.get("inbound_ignored")),
     ("c8ysim_last_ack_timestamp_seconds", "gauge", "Wall-clock time of the last broker ack.",
      lambda d: d.get("last_ack")),
     ("c8ysim_power_watts", "gauge", "Power now: + drawn from the grid side, - delivered.",

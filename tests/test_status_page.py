@@ -66,7 +66,8 @@ def device(name: str, kind: str, now: float, **extra) -> dict:
             "pid": 4242, "restarts": 0, "last_exit": None, "connection": "online",
             "connected": True, "connected_since": now - 600, "inflight": 2, "sent": 1234,
             "reconnects": 1, "last_ack": now - 1.5, "last_error": None, "queued": 3,
-            "oldest_queued_age_s": 2.5, "dropped": 0, "quarantined": 0,
+            "oldest_queued_age_s": 2.5, "dropped": 0, "quarantined": 0, "lost": 0,
+            "inbound_dropped": 0, "inbound_ignored": 0,
             "last_reading": reading(kind, now - 1, {"pv": 1200.0, "heatpump": 800.0,
                                                     "grid": -300.0}[kind]),
             **extra}
@@ -201,6 +202,16 @@ def test_card_states_and_missing_fields_show_a_dash():
     assert "degraded: buffer full" in page and "e&lt;x&gt;" in page and "e<x>" not in page
     card = page[page.index('data-device="e&lt;x&gt;"'):]
     assert card.count("\u2014") >= 8 and "no reading yet" in card
+
+
+def test_card_shows_lost_rows_and_what_the_session_dropped_or_ignored_from_the_broker():
+    now = time.time()
+    site = Site(now, [device("pv-roof", "pv", now, lost=7, inbound_dropped=3,
+                             inbound_ignored=1234)])
+    page = status_html.index(site.status(), {}, now)
+    assert "<dt>lost</dt><dd>7</dd>" in page
+    assert "<dt>broker msgs dropped</dt><dd>3</dd>" in page
+    assert "<dt>broker lines ignored</dt><dd>1\u202f234</dd>" in page
 
 
 def test_power_is_found_in_whichever_energy_fragment_is_present():
@@ -346,6 +357,8 @@ def shared_loop():
 # -- metrics and probes ---------------------------------------------------------------------
 
 def test_metrics_parse_with_prometheus_client(loop):
+    loop.site.devices[1] = {**loop.site.devices[1], "inbound_dropped": 2}
+    loop.site.devices[2] = {**loop.site.devices[2], "inbound_ignored": 5}
     status, headers, body = loop.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -359,6 +372,9 @@ def test_metrics_parse_with_prometheus_client(loop):
     assert value("c8ysim_queued", "heatpump") == 3
     assert value("c8ysim_sent_total", "grid-meter") == 1234
     assert value("c8ysim_dropped_total", "pv-roof") == 0
+    assert value("c8ysim_lost_total", "pv-roof") == 0
+    assert value("c8ysim_inbound_dropped_total", "heatpump") == 2
+    assert value("c8ysim_inbound_ignored_total", "grid-meter") == 5
     assert value("c8ysim_reconnects_total", "pv-roof") == 1
     assert value("c8ysim_last_ack_timestamp_seconds", "pv-roof") == loop.site.now - 1.5
     assert value("c8ysim_power_watts", "pv-roof") == -1200
@@ -519,6 +535,9 @@ def test_every_endpoint_of_the_real_agent(tmp_path, mosquitto, agent_factory):
     assert {s.labels["device"] for s in metrics["c8ysim_connected"].samples} == \
         {"pv-roof", "heatpump", "grid-meter"}
     assert {s.value for s in metrics["c8ysim_connected"].samples} == {1}
+    for family in ("c8ysim_lost", "c8ysim_inbound_dropped", "c8ysim_inbound_ignored"):
+        assert {(s.labels["device"], s.value) for s in metrics[family].samples} == \
+            {("pv-roof", 0), ("heatpump", 0), ("grid-meter", 0)}, family
     assert len(metrics["c8ysim_power_watts"].samples) == 3
     assert json.loads(pages["/api/devices/pv-roof/readings?limit=5"])["count"] >= 1
     assert agent.get("/api/devices/nope/readings") is None  # 404
