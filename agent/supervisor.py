@@ -182,7 +182,8 @@ class Supervisor:
         if step.state is ChildState.FATAL and before is not ChildState.FATAL:
             log.error("%s is FATAL after %s: %s", child.name, child.last_exit, step.reason)
         if step.action is Action.SPAWN:
-            if event is Event.DIED:
+            if event is Event.DIED:  # its c8y_Restart: counted, but not a death (no FATAL)
+                child.restarts += 1
                 log.log(logs.NOTICE, "%s restarts for its restart operation", child.name)
             self._spawn(child)
         elif step.action is Action.TERM:

@@ -47,6 +47,12 @@ def test_restart_501_respawn_reregister_503_and_repeat_ignored(tmp_path, mosquit
     # 500 follows the 503 on the new connection
     tail = lines[lines.index("503,c8y_Restart"):]
     assert "500" in tail
+    # counted as a restart (status page, /metrics), not as a death: no backoff, no FATAL
+    devices = agent.devices()
+    assert {name: d["restarts"] for name, d in devices.items()} == \
+        {"pv-roof": 1, "heatpump": 0, "grid-meter": 0}
+    assert devices["pv-roof"]["state"] in ("starting", "running")
+    assert 'c8ysim_restarts_total{device="pv-roof"} 1' in agent.get("/metrics").decode()
     assert agent.stop() == 0
 
 
@@ -122,5 +128,6 @@ def test_a_second_restart_within_the_limit_is_refused_with_502(tmp_path, mosquit
     assert upstream(recorder, "503,c8y_Restart") == ["503,c8y_Restart"]
     time.sleep(1.0)
     assert agent.devices()["pv-roof"]["pid"] == pid  # not restarted
+    assert agent.devices()["pv-roof"]["restarts"] == 1  # the first one only
     assert "refusing c8y_Restart" in agent.log_text()
     assert agent.stop() == 0
