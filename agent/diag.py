@@ -425,13 +425,19 @@ def _queries(db: sqlite3.Connection) -> dict:
 
 
 def _status_page(cfg: config.Config, summary: list[str]) -> str | None:
+    """/api/status as the running agent serves it, with status.password_file's credentials
+    (in a header: neither in the URL nor in the summary)."""
+    import urllib.error
     import urllib.request
-    host = cfg.status.host if cfg.status.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{cfg.status.port}/api/status"
+    from agent import status_cli
+    req = status_cli.request(cfg.status, "/api/status")
+    url = req.full_url
     try:
-        with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT_S) as response:
+        with urllib.request.urlopen(req, timeout=STATUS_TIMEOUT_S) as response:
             body = response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:  # before OSError: it is one
+        summary.append(f"status page: {url} answered {exc.code} {exc.reason}")
+        return None
     except OSError as exc:
         summary.append(f"status page: {url} did not answer ({exc})")
         return None

@@ -1,7 +1,9 @@
 """`c8ysim status [--json]`: the running agent's devices, read from its own status page.
 
 Reads `GET /api/status` on the config's `status.listen` address (a wildcard listen address
-is reached over loopback) and prints a table, or the JSON as it came with `--json`.
+is reached over loopback), with the credentials of `status.password_file` when it is set
+(HTTP basic auth as user c8ysim; sent in a header, never printed), and prints a table, or
+the JSON as it came with `--json`.
 Exit codes: 0 shown, 3 the agent is not running (nothing answers; as `systemctl status`),
 78 the config cannot be read, 1 something else answered.
 """
@@ -9,6 +11,7 @@ Exit codes: 0 shown, 3 the agent is not running (nothing answers; as `systemctl 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 
@@ -42,10 +45,15 @@ def run(args) -> int:
 
     address = _address(cfg.status.host, cfg.status.port)
     try:
-        with urllib.request.urlopen(f"http://{address}/api/status", timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(request(cfg.status, "/api/status"),
+                                    timeout=TIMEOUT_S) as r:
             view = json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        hint = " (the status page asks for credentials)" if exc.code == 401 else ""
+        hint = ""
+        if exc.code == 401:
+            hint = (" (it refused the password of status.password_file: is it the one the "
+                    "agent was started or reloaded with?)" if cfg.status.auth else
+                    " (the status page asks for credentials: set status.password_file)")
         print(f"c8ysim status: {address} answered {exc.code} {exc.reason}{hint}",
               file=sys.stderr)
         return EXIT_FAILURE
@@ -92,6 +100,19 @@ def _table(rows: list[list[str]], header) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
                      for line in lines)
+
+
+def request(status, path: str):
+    """A urllib Request for `path` on the status page of `status` (a config.StatusConfig),
+    carrying its basic-auth credentials when it has them."""
+    import urllib.request
+    url = f"http://{_address(status.host, status.port)}{path}"
+    headers = {}
+    if status.auth:
+        user, password = status.auth
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+    return urllib.request.Request(url, headers=headers)
 
 
 def _address(host: str, port: int) -> str:

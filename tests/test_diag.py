@@ -26,6 +26,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+import conftest  # the real agent's config (its own write_config and free_port are below)
 from agent import diag
 from fuzzing import fuzz_settings
 
@@ -335,3 +336,24 @@ def test_diag_check_config_output_never_shows_a_mistyped_password(tmp_path, valu
     assert "check-config: FAILED" in files["summary.txt"]
     assert "cumulocity.password must be a string" in files["check-config.txt"]
     assert not [name for name, text in files.items() if value in text or SECRET in text]
+
+
+# -- the status page behind status.password_file ------------------------------------------
+
+def test_diag_fetches_the_status_page_with_the_password_file_credentials(tmp_path,
+                                                                          agent_factory):
+    port, secret = free_port(), tmp_path / "status-password"
+    secret.write_text("diag-st-pw-7e41\n")
+    secret.chmod(0o600)
+    config = conftest.write_config(tmp_path, free_port(), port, devices=[("pv-roof", "pv")])
+    config.write_text(config.read_text().replace(
+        f"'127.0.0.1:{port}'}}", f"'127.0.0.1:{port}', password_file: '{secret}'}}"))
+    agent = agent_factory(config, port).start()
+    assert agent.get("/api/status") is None  # 401 without credentials: auth is on
+    result = run_diag(config, tmp_path / "bundle.tar.gz")
+    assert result.returncode == 0, result.stderr
+    files = bundle(tmp_path / "bundle.tar.gz")
+    assert f"status page: http://127.0.0.1:{port}/api/status answered\n" in files["summary.txt"]
+    assert [d["name"] for d in json.loads(files["status.json"])["devices"]] == ["pv-roof"]
+    assert not [name for name, text in files.items() if "diag-st-pw-7e41" in text]
+    assert "diag-st-pw-7e41" not in result.stdout + result.stderr

@@ -548,6 +548,33 @@ def test_every_endpoint_of_the_real_agent(tmp_path, mosquitto, agent_factory):
     assert code == 3 and "not running" in err
 
 
+def with_status_password(config, port: int, password_file) -> None:
+    """Turn on the status page's basic auth in a conftest.write_config config."""
+    config.write_text(config.read_text().replace(
+        f"'127.0.0.1:{port}'}}", f"'127.0.0.1:{port}', password_file: '{password_file}'}}"))
+
+
+def test_status_command_sends_the_password_file_credentials(tmp_path, mosquitto,
+                                                             agent_factory):
+    port, secret = free_port(), tmp_path / "status-password"
+    secret.write_text("st-pw-61c0e2\n")
+    secret.chmod(0o600)
+    config = write_config(tmp_path, mosquitto.port, port)
+    with_status_password(config, port, secret)
+    agent = agent_factory(config, port).start()
+    assert agent.get("/api/status") is None  # 401 without credentials: auth is on
+    wait_until(lambda: run_cli(config)[1].count("online") == 3, 15,
+               what="`c8ysim status` to show three devices online")
+    code, out, err = run_cli(config, "--json")
+    assert code == 0 and len(json.loads(out)["devices"]) == 3, err
+    assert "st-pw-61c0e2" not in out + err
+    secret.write_text("not-the-one\n")  # the agent keeps the password it loaded
+    code, out, err = run_cli(config)
+    assert code == status_cli.EXIT_FAILURE and out == ""
+    assert "answered 401" in err and "status.password_file" in err
+    assert "not-the-one" not in err and "st-pw-61c0e2" not in err
+
+
 # -- status.listen off loopback needs status.password_file (issue 13) -----------------------
 
 def check_config(path) -> tuple[int, str]:
