@@ -38,6 +38,18 @@ steps, so the phase is never ambiguous) and all the checks above use that time. 
 that fits no phase (a reading invented for a skipped span, say) is counted as *unplaced*. Also
 counted everywhere: energy registers (kWh series) that decrease from one measurement to the
 next in delivery order.
+
+Backfilled lines (`c8ysim backfill` beside the running device): they carry old timestamps,
+so `count(..., backfill=...)` takes the timestamps each backfill generated (the test knows
+them exactly: the rows' `created` is the command's `now`, their times `now - span + k x
+interval`) and counts such lines apart (`backfill`, distinct) instead of in the order, gap,
+delay, register and placement checks, which stay for the live readings. Live readings sit on
+the device's slot grid (multiples of interval_s); a backfill's phase is random, so its lines
+are off the grid, except in 1 run of interval/1 ms (200 at 0.2 s): then a timestamp taken by
+both is told apart by arrival, the device sends by id and the live row is older (the first
+line with that type and time is live, the next one backfill; byte-identical twins count as
+two when received twice). They still count in `generated`, `distinct` and `lost`, as do
+`send-test` lines (no timestamp: counted with the live ones, checked by the test by text).
 """
 
 from __future__ import annotations
@@ -74,6 +86,7 @@ class DeviceCount:
     measurements: int = 0
     unplaced: int = 0           # timestamps that fit no phase of the wall clock
     register_decreases: int = 0  # a kWh series lower than in the measurement before it
+    backfill: int = 0           # distinct backfilled lines received (not in the checks above)
 
 
 @dataclasses.dataclass
@@ -168,17 +181,30 @@ class Collector:
         return out
 
     def count(self, device: str, state_dir: Path, interval_s: float,
-              stopped_at: float | None = None) -> DeviceCount:
+              stopped_at: float | None = None, backfill: frozenset[str] = frozenset()
+              ) -> DeviceCount:
         """Counts of one device; `stopped_at` (real time the agent was told to stop) adds the
-        gap after its last reading, so a device that stopped reading early shows too."""
+        gap after its last reading, so a device that stopped reading early shows too;
+        `backfill`: the timestamps (as sent) of the readings backfilled into its buffer."""
         result = DeviceCount(device)
         seen: dict[tuple, float] = {}
         last_time: str | None = None
         newest = float("-inf")
         times: list[float] = []
         registers: dict[str, float] = {}
+        live_stamps: set[tuple] = set()  # (template, type, time) of live lines seen
         for received_at, fields, raw in self.stream(self.clients[device]):
             result.received += 1
+            stamp = _stamp(fields)
+            if stamp in backfill and (not _on_grid(stamp, interval_s)
+                                      or (*fields[:2], stamp) in live_stamps):
+                key = (raw, "backfill")
+                result.duplicates += key in seen
+                result.backfill += key not in seen
+                seen.setdefault(key, received_at)
+                continue
+            if stamp is not None:
+                live_stamps.add((*fields[:2], stamp))
             if fields[0] == "201":
                 last_time = fields[2]
             key = (raw, last_time) if fields[0] == "306" else (raw,)
@@ -201,7 +227,7 @@ class Collector:
             result.max_delay_s = max(result.max_delay_s, received_at - t)
         buffered = read_buffer(state_dir / f"{device}.sqlite3")
         for line in buffered["outbox"]:  # still buffered: generated, not missed
-            if line.startswith("201,"):
+            if line.startswith("201,") and line.split(",")[2] not in backfill:
                 t = self.steps.real_time(iso_to_epoch(line.split(",")[2]), interval_s + 1.0)
                 if t is None:
                     result.unplaced += 1
@@ -225,6 +251,21 @@ class Collector:
         result.lost = max(0, result.generated - accounted)
         result.extra = max(0, accounted - result.generated)
         return result
+
+
+def _stamp(fields: list[str]) -> str | None:
+    """The time of a measurement (201) or event (400) line, None if it has none."""
+    if fields[0] == "201" and len(fields) > 2:
+        return fields[2]
+    if fields[0] == "400" and len(fields) > 3:
+        return fields[3]
+    return None
+
+
+def _on_grid(stamp: str, interval_s: float) -> bool:
+    """Whether a timestamp is on the live slot grid (a multiple of interval_s, to the ms)."""
+    ms, step = round(iso_to_epoch(stamp) * 1000), round(interval_s * 1000)
+    return ms % step == 0
 
 
 def _register_decreases(fields: list[str], registers: dict[str, float]) -> int:

@@ -8,17 +8,23 @@ Counting: see `chaos_collector`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import random
+import re
 import signal
+import sqlite3
 import subprocess
+import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from agent import backfill as backfill_module
 from chaos_collector import ClockSteps, Collector, Result, write_report
 from clockshift import WallClock
 from conftest import REPO, Agent, free_port, wait_until
@@ -153,8 +159,10 @@ class Rig:
                         and (d.get("queued") or 0) <= DRAINED_MAX_QUEUED
                         for d in devices.values()))
 
-    def finish(self, scenario: str, faults: str, note: str = "") -> Result:
-        """Wait (bounded) for recovery without help, stop the agent, count."""
+    def finish(self, scenario: str, faults: str, note: str = "",
+               backfill: dict[str, frozenset[str]] | None = None) -> Result:
+        """Wait (bounded) for recovery without help, stop the agent, count (`backfill`: the
+        timestamps backfilled per device, see `Collector.count`)."""
         try:
             wait_until(self.drained, RECOVER_TIMEOUT_S, interval=0.2, what="recovery")
             recovered = True
@@ -167,7 +175,8 @@ class Rig:
         except subprocess.TimeoutExpired:
             self.exit_codes.append(-1)  # did not stop within 15 s of SIGTERM
         self.close()
-        counts = [self.collector.count(name, self.state_dir, self.interval_s, stopped_at)
+        counts = [self.collector.count(name, self.state_dir, self.interval_s, stopped_at,
+                                       (backfill or {}).get(name, frozenset()))
                   for name, _ in DEVICES]
         violations = sum(len(t.violations) for t in self.tenants)
         if self.exit_codes[-1] != 0:
@@ -177,6 +186,10 @@ class Rig:
         RESULTS.append(result)
         print("\n" + result.line())
         return result
+
+    def collector_lines(self, client: str) -> list[list[str]]:
+        """The fields of every buffered-kind line `client` published, over every tenant."""
+        return [fields for _, fields, _ in self.collector.stream(client)]
 
     def close(self) -> None:
         for agent in self.agents:
@@ -391,6 +404,150 @@ def test_wall_clock_steps(rig_factory, tmp_path):
     assert logged.count("the wall clock stepped back by 3600") == 2 * cycles, logged[-3000:]
 
 
+class OwnCli:
+    """The agent's own CLI run beside the live devices from worker threads, every run kept."""
+
+    SPAN, SINCE = 120.0, "2m"
+
+    def __init__(self, rig: Rig):
+        self.rig, self.config = rig, rig.workdir / "c8ysim.yaml"
+        self.lock = threading.Lock()
+        self.runs: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.sent: dict[str, list[str]] = {name: [] for name, _ in DEVICES}  # "cli N" texts
+        self.backfills: list[tuple[str, float, int, int]] = []  # device, now, readings, lines
+        self.counter = 0
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "agent", *args, "--config",
+                               str(self.config)], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with self.lock:
+            self.runs[args[0]] = self.runs.get(args[0], 0) + 1
+            if done.returncode != 0:
+                self.failures.append(f"{' '.join(args)}: exit {done.returncode}\n"
+                                     f"{done.stdout[-500:]}{done.stderr[-2000:]}")
+        return done.stdout if done.returncode == 0 else ""
+
+    def send_test(self, device: str) -> None:
+        with self.lock:
+            self.counter += 1
+            text = f"cli {self.counter}"
+        if self.run("send-test", "--device", device, "--topic", "s/us",
+                    "--message", f'400,c8ysim_Test,"{text}"'):
+            self.sent[device].append(text)
+
+    def backfill(self, device: str) -> None:
+        path = self.rig.state_dir / f"{device}.sqlite3"
+        before = _high_water(path)
+        out = self.run("backfill", "--device", device, "--since", self.SINCE)
+        if not out:
+            return
+        match = re.search(r"queued (\d+) readings \((\d+) lines\)", out)
+        assert match, out
+        readings, lines = int(match.group(1)), int(match.group(2))
+        assert lines <= backfill_module.ROWS_PER_TRANSACTION, "one transaction, one `now`"
+        # Its rows share `created` (the command's `now`): found at once, before they drain
+        # (>= 6 s at cumulocity.max_lines_per_s 100).
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            found = db.execute("SELECT created, count(*) FROM outbox WHERE id > ? GROUP BY "
+                               "created HAVING count(*) >= 10", (before,)).fetchall()
+        finally:
+            db.close()
+        assert len(found) == 1, f"the backfill's rows in {path.name}: {found}"
+        with self.lock:
+            self.backfills.append((device, found[0][0], readings, lines))
+
+    def stamps(self, device: str) -> frozenset[str]:
+        """The times of every reading backfilled into `device` (as agent.backfill makes them)."""
+        from agent.uplink.smartrest import iso_time
+        return frozenset(iso_time((now - self.SPAN) + k * self.rig.interval_s)
+                         for name, now, readings, _ in self.backfills if name == device
+                         for k in range(readings))
+
+
+def _high_water(path: Path) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else 0
+
+
+@timeout
+def test_own_cli_beside_live_devices(rig_factory, tmp_path):
+    """send-test, backfill, buffer stats, diag and status from worker threads while the
+    devices run and the broker goes down and up; every line of every class counted."""
+    rig = rig_factory()
+    rig.start_agent()
+    rig.wait_online()
+    cli, names = OwnCli(rig), [name for name, _ in DEVICES]
+    stop = threading.Event()
+    diags = iter(range(1, 10_000))
+
+    def loop(action) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            action(i)
+
+    backfill_runs = n(3, 9)  # round robin over the devices, one at a time per worker
+    workers = [
+        lambda i: cli.send_test(names[i % len(names)]),
+        lambda i: cli.send_test(names[(i + 1) % len(names)]),
+        lambda i: (cli.backfill(names[i % len(names)]) if i < backfill_runs
+                   else stop.wait(0.5)),
+        lambda i: cli.run("buffer", "stats", "--json"),
+        lambda i: cli.run("diag", "-o", str(tmp_path / f"diag-{next(diags)}.tar.gz")),
+        lambda i: cli.run("status", "--json"),
+    ]
+    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    outages = n(3, 12)
+    try:
+        for _ in range(outages):
+            time.sleep(random.uniform(2.0, 4.0))
+            before = rig.sessions()
+            rig.restart_broker(down_s=random.uniform(0.5, 3.0))
+            rig.wait_new_sessions(before)
+        wait_until(lambda: len(cli.backfills) + len(cli.failures) >= backfill_runs
+                   or not threads[2].is_alive(), 60, interval=0.2, what="the backfills")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(70)
+    assert not any(t.is_alive() for t in threads), "a CLI command hung"
+    stamps = {name: cli.stamps(name) for name in names}
+    result = rig.finish("own CLI", f"{outages}x broker killed; CLI ×{sum(cli.runs.values())}",
+                        backfill=stamps)
+    received = {name: {f[2] for f in rig.collector_lines(CLIENTS[name])
+                       if f[:2] == ["400", "c8ysim_Test"]} for name in names}
+    by_device = {d.device: d for d in result.devices}
+    backfilled = sum(lines for _, _, _, lines in cli.backfills)
+    sent = sum(len(texts) for texts in cli.sent.values())
+    sent_received = sum(len(received[d] & set(t)) for d, t in cli.sent.items())
+    live = result.total("generated") - backfilled - sent
+    live_received = result.total("distinct") - result.total("backfill") - sent_received
+    result.note = (f"lines received/generated: live {live_received}/{live}, backfill "
+                   f"{result.total('backfill')}/{backfilled} ({len(cli.backfills)} runs), "
+                   f"send-test {sent_received}/{sent}; CLI runs "
+                   f"{', '.join(f'{k} {v}' for k, v in sorted(cli.runs.items()))}, "
+                   f"{len(cli.failures)} failed")
+    print(result.line())
+    assert not cli.failures, "CLI commands failed:\n" + "\n".join(cli.failures)
+    assert len(cli.backfills) == backfill_runs and cli.runs.get("diag", 0) >= 2, cli.runs
+    check(result, rig)
+    for name in names:
+        expected = sum(lines for d, _, _, lines in cli.backfills if d == name)
+        assert by_device[name].backfill == expected, (name, by_device[name], cli.backfills)
+        missing = set(cli.sent[name]) - received[name]
+        assert not missing, f"send-test lines of {name} never arrived: {sorted(missing)}"
+
+
 def _collector_over(directory: Path, generated: list[str], acked_below_id: int,
                     sent: list[str], steps: ClockSteps | None = None) -> Collector:
     """A collector over a hand-made buffer file of `grid-meter` (rows below `acked_below_id`
@@ -450,6 +607,34 @@ def test_collector_places_stepped_timestamps_and_sees_registers_go_down(tmp_path
     count = collector.count("grid-meter", tmp_path, interval_s=1.0)
     assert (count.lost, count.out_of_order, count.unplaced) == (0, 0, 1)
     assert count.register_decreases == 1
+
+
+def test_collector_counts_backfilled_lines_apart(tmp_path):
+    """Backfilled lines (old times) count apart from the live ones, which keep every check;
+    a backfill on the live slot grid is told apart by arrival, byte-identical twins too."""
+    def line(second: float, kwh: float) -> str:
+        return f"201,c8ysim_GridMeter,2026-11-29T10:00:{second:06.3f}+00:00,c8y_E,A+,{kwh},kWh"
+
+    live = [line(s, 10.0 + s) for s in range(5)]
+    backfilled = [line(0.5, 1.0), line(1.5, 2.0),  # off the 1 s grid
+                  line(2, 3.0), line(3, 13.0)]     # on it: other values, a twin of live[3]
+    stamps = frozenset(b.split(",")[2] for b in backfilled)
+    generated = live + backfilled + ['400,c8ysim_Test,"cli 1"']
+    collector = _collector_over(tmp_path, generated, acked_below_id=len(generated) + 1,
+                                sent=generated)
+    count = collector.count("grid-meter", tmp_path, interval_s=1.0, backfill=stamps)
+    assert (count.generated, count.backfill, count.measurements) == (10, 4, 5)
+    assert (count.lost, count.extra, count.duplicates) == (0, 0, 0)
+    assert (count.out_of_order, count.register_decreases, count.max_gap_s) == (0, 0, 1.0)
+    # one backfilled line never arrived: lost, and one short of what the backfill queued
+    sent = [g for g in generated if g != backfilled[1]]
+    (tmp_path / "lossy").mkdir()
+    collector = _collector_over(tmp_path / "lossy", generated, len(generated) + 1, sent)
+    count = collector.count("grid-meter", tmp_path / "lossy", interval_s=1.0, backfill=stamps)
+    assert (count.lost, count.backfill, count.out_of_order) == (1, 3, 0)
+    # without the stamps the same stream is out of order, registers go down
+    count = collector.count("grid-meter", tmp_path / "lossy", interval_s=1.0)
+    assert count.out_of_order > 0 and count.register_decreases > 0
 
 
 # -- the published table ----------------------------------------------------------------------
