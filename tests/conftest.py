@@ -245,3 +245,33 @@ def agent_factory(tmp_path):
     yield make
     for agent in agents:
         agent.cleanup()
+
+
+RUNTIME_MODULES = ("paho", "bottle", "yaml", "sdnotify")
+
+
+@pytest.fixture(scope="session")
+def other_user_python(tmp_path_factory):
+    """(argv prefix, env) to run `python -m agent` (or `-c`) as another user (nobody): the
+    checkout and its venv may sit in a directory only root can enter (a CI clone in a 0700
+    temp dir), so the agent and its runtime libraries are copied to a world-readable place
+    and run by the real interpreter."""
+    import importlib
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="c8ysim-foreign-"))
+    base.chmod(0o755)
+    shutil.copytree(REPO / "agent", base / "agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in RUNTIME_MODULES:
+        origin = Path(importlib.import_module(name).__file__)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        target = base / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    for path in [base, *base.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {**os.environ, "PYTHONPATH": str(base), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}
+    yield [os.path.realpath(sys.executable), "-s"], env
+    shutil.rmtree(base, ignore_errors=True)

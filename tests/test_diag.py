@@ -287,13 +287,13 @@ def test_diag_state_directory_that_is_a_file_or_missing(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to run diag as another user")
-def test_diag_as_a_user_who_cannot_read_one_buffer():
+def test_diag_as_a_user_who_cannot_read_one_buffer(other_user_python):
     with tempfile.TemporaryDirectory(prefix="c8ysim-diag-") as tmp:  # pytest's is root-only
         os.chmod(tmp, 0o755)
-        _diag_as_nobody(Path(tmp))
+        _diag_as_nobody(Path(tmp), other_user_python)
 
 
-def _diag_as_nobody(tmp_path: Path) -> None:
+def _diag_as_nobody(tmp_path: Path, python) -> None:
     state = tmp_path / "state"
     state.mkdir()
     _good_buffer(state)
@@ -305,10 +305,11 @@ def _diag_as_nobody(tmp_path: Path) -> None:
     out_dir.mkdir()
     os.chown(out_dir, 65534, 65534)
     output = out_dir / "bundle.tar.gz"
+    argv, env = python
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             *C8YSIM, "diag", "--config", str(config), "-o", str(output)],
-                            cwd="/", capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HOME": "/"})
+                             *argv, "-m", "agent", "diag", "--config", str(config), "-o",
+                             str(output)],
+                            cwd="/", capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     buffers = json.loads(bundle(output)["buffers.json"])
     assert "error" in buffers["locked"]

@@ -14,7 +14,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -188,9 +187,11 @@ def _damage(path: Path, how: str) -> None:
 
 CHILD = """
 import json, sys, time
-from agent.config import StorageConfig
+from types import SimpleNamespace
 from agent.storage import open_buffer
-storage, step = StorageConfig(path=sys.argv[1]), sys.argv[2]
+storage = SimpleNamespace(path=sys.argv[1], backend="sqlite", max_records=200_000,
+                          max_age_hours=168, synchronous="normal")
+step = sys.argv[2]
 buffer = open_buffer(storage, "dev")
 if step == "fill":
     for i in range(5):
@@ -207,7 +208,8 @@ buffer.close()
 """
 
 
-def test_a_file_the_service_user_cannot_open_at_start_keeps_registers_and_order():
+def test_a_file_the_service_user_cannot_open_at_start_keeps_registers_and_order(
+        other_user_python):
     """chmod 000 on the file (as the service user, not root, who could read it anyway): the
     registers come from the ledger, and since the file may hold older rows, nothing newer
     is sent before it opens again."""
@@ -222,11 +224,11 @@ def test_a_file_the_service_user_cannot_open_at_start_keeps_registers_and_order(
         shutil.chown(state, "nobody", "nogroup")
 
         def as_nobody(step: str) -> dict:
+            argv, env = other_user_python
             result = subprocess.run(
                 ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                 sys.executable, "-c", CHILD, str(state), step],
-                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-                timeout=60)
+                 *argv, "-c", CHILD, str(state), step],
+                cwd="/", capture_output=True, text=True, timeout=60, env=env)
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
 
