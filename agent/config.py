@@ -12,7 +12,6 @@ import difflib
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,6 @@ EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
 MIN_HIDDEN_CHARS = 3  # secrets shorter than this are not searched for in error messages
 HIDDEN = "<not shown>"
 NOT_SHOWN = "(its value is not shown: it may be a secret)"
-# A DSN that holds a password: postgresql://user:PASSWORD@host/db, or password=PASSWORD.
-_DSN_WITH_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@|\bpassword\s*=", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +520,7 @@ class _Reader:
         backend = self.value(items, "backend", where, str, "sqlite",
                              checks.one_of("sqlite", "postgres"))
         dsn = self.value(items, "dsn", where, str, None)
-        if dsn and _DSN_WITH_PASSWORD.search(dsn):
+        if dsn and checks.dsn_has_password(dsn):
             self.warn_if_others_can_read(items["dsn"], self._path, self._others_read_mode,
                                          "storage.dsn holds a password")
         if backend == "postgres" and not dsn:

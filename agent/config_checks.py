@@ -152,3 +152,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False  # another host name: it may resolve to anything
+
+
+# Where a PostgreSQL DSN holds a password: the URL form `scheme://user:<secret>@host/db` (up
+# to the last @), or the key form `password=<secret>`. Group 2 of each is the secret.
+DSN_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)(\S*)(@)")
+DSN_KEY_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def dsn_has_password(dsn: str) -> bool:
+    return bool(DSN_URL_PASSWORD.search(dsn) or DSN_KEY_PASSWORD.search(dsn))

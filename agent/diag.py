@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from agent import __version__, config
+from agent import config_checks as checks
 from agent.config_checks import is_secret_key
 
 # tarfile, subprocess, urllib.request, platform and importlib.metadata are imported where
@@ -61,9 +62,6 @@ _COMPLEX_VALUE = re.compile(r"^(?P<lead>[ \t]*(?:#[ \t]*)?:)(?P<rest>.*)\Z")
 _FLOW_KEY = re.compile(r"(?P<lead>[{,][ \t]*(?:\?[ \t]+)?)" + _KEY +
                        r"(?P<value>[ \t]*(?:\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\n]|'')*'?"
                        r"|[^,}\]#\n]*))")
-# In a DSN: postgresql://user:PASSWORD@host/db (up to the last @) or password=PASSWORD.
-_DSN_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)(\S*)(@)")
-_DSN_KEY_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 # An anchor or tag before a value (kept, so that aliases still resolve); an alias.
 _ALIAS = re.compile(r"^\*([^\s,\[\]{}]+)")
 _PROPERTIES = re.compile(r"^(?:[&!]\S*[ \t]+)*")
@@ -247,11 +245,11 @@ def _redact_inline(line: str, found: set[str]) -> tuple[str, bool]:
         return match[0][:match.start("value") - match.start()] + " " + REDACTED
 
     line = _FLOW_KEY.sub(flow, line)
-    for pattern in (_DSN_URL_PASSWORD, _DSN_KEY_PASSWORD):
+    for pattern in (checks.DSN_URL_PASSWORD, checks.DSN_KEY_PASSWORD):
         for match in pattern.finditer(line):
             found.add(match.group(2).strip("'"))
-    line = _DSN_URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
-    return _DSN_KEY_PASSWORD.sub(lambda m: m.group(1) + REDACTED, line), open_value
+    line = checks.DSN_URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
+    return checks.DSN_KEY_PASSWORD.sub(lambda m: m.group(1) + REDACTED, line), open_value
 
 
 def _values_in(line: str) -> set[str]:
@@ -290,7 +288,7 @@ def secrets_of(cfg: config.Config) -> set[str]:
     if cfg.cumulocity and cfg.cumulocity.password:
         found.add(cfg.cumulocity.password)
     found.add(getattr(cfg.status, "password", None) or "")  # the status page's, when set
-    for pattern, group in ((_DSN_URL_PASSWORD, 2), (_DSN_KEY_PASSWORD, 2)):
+    for pattern, group in ((checks.DSN_URL_PASSWORD, 2), (checks.DSN_KEY_PASSWORD, 2)):
         for match in pattern.finditer(cfg.storage.dsn or ""):
             found.add(match.group(group).strip("'"))
     return _worth_scrubbing(found)

@@ -81,7 +81,7 @@ def _run(args) -> int:
     logs.setup(cfg.log_level, "supervisor")
     # Import the device side here, before any fork: the children share these pages.
     from agent import device, http, notify, supervisor
-    from agent.storage import memory, sqlite, tiered  # noqa: F401 - preloaded likewise
+    from agent.storage import ledger, memory, sqlite, tiered  # noqa: F401 - preloaded likewise
     # Connecting resolves the host name through the idna codec, which imports stringprep's
     # tables: ~0.5 MB of private memory in every child if it is first imported there.
     import encodings.idna  # noqa: F401

@@ -149,10 +149,15 @@ def test_blackholed_connection_is_given_up_and_retried(tmp_path, mosquitto):
         proxy.close()
 
 
-def test_oversized_record_is_quarantined_and_the_rest_flows(tmp_path, mosquitto):
+def _subscribe(tmp_path, port: int):
+    """mosquitto_sub on s/us writing to a file: (the file, the process)."""
     received = tmp_path / "received.txt"
-    subscriber = subprocess.Popen(["mosquitto_sub", "-p", str(mosquitto.port), "-t", "s/us",
-                                   "-q", "1"], stdout=open(received, "wb"))
+    return received, subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "s/us",
+                                       "-q", "1"], stdout=open(received, "wb"))
+
+
+def test_oversized_record_is_quarantined_and_the_rest_flows(tmp_path, mosquitto):
+    received, subscriber = _subscribe(tmp_path, mosquitto.port)
     driver = Driver(tmp_path, mosquitto.port)
     try:
         time.sleep(0.3)
@@ -250,9 +255,7 @@ def test_any_publish_error_quarantines_only_the_row_at_fault(tmp_path, mosquitto
         return real_publish(self, topic, payload, qos)
 
     monkeypatch.setattr(transport.Connection, "publish", publish)
-    received = tmp_path / "received.txt"
-    subscriber = subprocess.Popen(["mosquitto_sub", "-p", str(mosquitto.port), "-t", "s/us",
-                                   "-q", "1"], stdout=open(received, "wb"))
+    received, subscriber = _subscribe(tmp_path, mosquitto.port)
     driver = Driver(tmp_path, mosquitto.port)
     try:
         time.sleep(0.3)

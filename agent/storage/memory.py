@@ -24,6 +24,7 @@ class MemoryStore:
     kind = "memory"
     alive = True
     lost_file = None
+    fresh = False
 
     def __init__(self, max_rows: int):
         self.max_rows = max_rows

@@ -40,7 +40,6 @@ TCP_USER_TIMEOUT_MS = 5_000
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
 READ_AHEAD_ROWS = 1_000  # one read serves ~12 drain peeks of one publish (~80 rows) each
 REASON_MAX_CHARS = 160
-LAST_ID_KEY = "buffer.last_id"  # where v1 kept the highest id the buffer handed out
 
 MIGRATIONS = {
     0: """
@@ -113,6 +112,7 @@ class PostgresStore:
     kind = "postgres"
     tombstones = False  # always the oldest tier: a deletion is a DELETE
     lost_file = None
+    fresh = False
 
     def __init__(self, conn, device: str, limits: Limits):
         self.conn, self.device, self.limits = conn, device, limits

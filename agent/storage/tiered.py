@@ -311,7 +311,7 @@ class TieredBuffer:
         except StoreError as exc:
             self._failed(tier, exc)
             return
-        if getattr(store, "fresh", False) or store.lost_file:
+        if store.fresh or store.lost_file:
             held = previous_depth if previous_depth is not None else (
                 self.ledger.queued if tier is self.tiers[0] and self.ledger else 0)
             if held:
@@ -344,8 +344,7 @@ class TieredBuffer:
                 self._failed(tier, exc if isinstance(exc, StoreError) else StoreError(str(exc)))
                 tier.known_empty = tier.store is None and getattr(exc, "empty", False)
                 return
-            replaced = tier.store is not None and (store.lost_file or getattr(store, "fresh",
-                                                                              False))
+            replaced = tier.store is not None and (store.lost_file or store.fresh)
             tier.store = store
             if replaced:
                 self._new_slot(tier)
