@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos_collector import _register_decreases
+from chaos_collector import _register_decreases, read_buffer
 from conftest import REPO, Recorder, free_port, wait_until, write_config
 from fault_proxy import FaultProxy
 
@@ -86,11 +86,18 @@ def test_backfill_and_send_test_beside_a_running_device_lose_no_live_reading(
     assert agent.stop() == 0
     time.sleep(0.5)
     lines = recorder.lines()
+    # Every row that entered the buffer (the device's, the backfill's, send-test's) arrived.
+    generated = read_buffer(tmp_path / "state" / "grid-meter.sqlite3")
+    buffered = {line for line in lines if line[:4] in ("201,", "400,")}
+    assert generated["outbox"] == [] and len(buffered) == generated["generated"]
+    # And the device kept reading: the old numbering lost every live reading of the next
+    # 10 minutes (its rows collided with the backfill's and were ignored, never counted).
+    # A busy machine may make the loop skip a slot (never generated, not lost): at most 2.
     times = sorted({epoch(f[2]) for f in measurements(lines)})
     live = [t for t in times if backfill_end + INTERVAL_S < t < stopped - 1.0]
     assert live, "no live readings after the backfill arrived"
     expected = round((live[-1] - live[0]) / INTERVAL_S) + 1
-    assert len(live) == expected, f"live readings missing: {expected - len(live)}"
+    assert expected - len(live) <= 2, f"live readings missing: {expected - len(live)}"
     assert len([t for t in times if t < backfill_end - 2.0]) >= 2990  # the backfill
     assert sum(1 for line in lines if line.startswith("400,c8ysim_Test,")) == 5
 
