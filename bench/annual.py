@@ -1,6 +1,6 @@
 """Annual energy figures the household model gives: the sample site and Madrid.
 
-Runs the pure models (`agent.sim.household.Household`, no agent processes) over one
+Runs the pure models (`c8ysim.sim.household.Household`, no agent processes) over one
 calendar year at fixed steps (default 15 min; each step's instantaneous powers times the
 step) and prints, per site: PV yield (kWh and kWh/kWp), heat-pump electrical input and
 heat delivered (and their ratio, the seasonal COP), household load, grid import and
@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
-from agent import config as agent_config  # noqa: E402
-from agent.sim import Site  # noqa: E402
-from agent.sim.household import Household  # noqa: E402
+from c8ysim import config as agent_config  # noqa: E402
+from c8ysim.sim import Site  # noqa: E402
+from c8ysim.sim.household import Household  # noqa: E402
 
 
 def annual(site: Site, year: int, step_s: float) -> dict[str, float]:

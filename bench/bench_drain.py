@@ -1,7 +1,7 @@
 """Drain benchmark: how fast a backlog leaves the buffer through the real Session.
 
 Fills a buffer with N SmartREST 201 lines of ~200 bytes, drains it with
-`agent.uplink.session.Session` to a private mosquitto (rows leave the store on PUBACK only),
+`c8ysim.uplink.session.Session` to a private mosquitto (rows leave the store on PUBACK only),
 and in the same run measures a bare paho QoS 1 publisher sending the same lines one per
 message with an in-flight window of 20. Prints rows/s for both and the ratio, per backend
 (SQLite, PostgreSQL). `--rtt-ms 50` puts a delay proxy in front of the broker, as far away
@@ -31,10 +31,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from agent.config import StorageConfig  # noqa: E402
-from agent.storage import open_buffer  # noqa: E402
-from agent.uplink.session import Registration, Session  # noqa: E402
-from agent.uplink.transport import Endpoint  # noqa: E402
+from c8ysim.config import StorageConfig  # noqa: E402
+from c8ysim.storage import open_buffer  # noqa: E402
+from c8ysim.uplink.session import Registration, Session  # noqa: E402
+from c8ysim.uplink.transport import Endpoint  # noqa: E402
 from conftest import Mosquitto, Recorder, wait_until  # noqa: E402
 from delay_proxy import DelayProxy  # noqa: E402
 from storage_support import PG_DSN_ENV, ExternalPg, PgCluster, pg_bindir  # noqa: E402

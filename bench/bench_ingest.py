@@ -1,7 +1,7 @@
 """Ingest benchmark: what a device's ticks cost each backend.
 
 One tick = one put_many of 3 SmartREST lines (~200 bytes each) with the model state in
-`meta`, as agent/device.py does. Prints ticks/s and rows/s, bytes on disk per 100 000
+`meta`, as c8ysim/device.py does. Prints ticks/s and rows/s, bytes on disk per 100 000
 records, and what each tick writes (SD-card wear): for SQLite the write() calls and bytes
 the process issues (/proc/self/io), for PostgreSQL the WAL bytes (pg_stat_wal).
 Figures only, no asserts.
@@ -24,8 +24,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 import psycopg2  # noqa: E402
 
-from agent.config import StorageConfig  # noqa: E402
-from agent.storage import open_buffer  # noqa: E402
+from c8ysim.config import StorageConfig  # noqa: E402
+from c8ysim.storage import open_buffer  # noqa: E402
 from bench_drain import smartrest_line, start_postgres  # noqa: E402
 
 ROWS_PER_TICK = 3

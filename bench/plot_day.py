@@ -28,10 +28,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from agent import config as agent_config  # noqa: E402
-from agent.sim import Site  # noqa: E402
-from agent.sim.clock import solar_days, zone  # noqa: E402
-from agent.sim.household import Household  # noqa: E402
+from c8ysim import config as agent_config  # noqa: E402
+from c8ysim.sim import Site  # noqa: E402
+from c8ysim.sim.clock import solar_days, zone  # noqa: E402
+from c8ysim.sim.household import Household  # noqa: E402
 
 STEP_S = 120.0
 

@@ -16,7 +16,7 @@ DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILES = c8ysim_$(DEB_VERSION)_all.deb c8ysim_$(DEB_VERSION)_$(DEB_ARCH).buildinfo \
     c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes
 # What the package is built from (no venvs, caches or test output).
-DEB_SOURCES := agent debian doc systemd README.md pyproject.toml
+DEB_SOURCES := c8ysim debian doc systemd README.md pyproject.toml
 DEB_BUILD_PACKAGES := debhelper dh-python python3 lintian man-db
 DEB_TEST_PACKAGES := python3-paho-mqtt python3-yaml python3-bottle python3-sdnotify tzdata \
     procps mosquitto systemd-container debootstrap
@@ -49,8 +49,8 @@ lint: deb
 pyz:
 	rm -rf "$(PYZ_BUILD_DIR)"
 	mkdir -p "$(PYZ_BUILD_DIR)/src" "$(DIST)"
-	tar -c --exclude=__pycache__ --exclude='*.pyc' agent | tar -x -C "$(PYZ_BUILD_DIR)/src"
-	printf 'import sys\n\nfrom agent.main import main\n\nsys.exit(main())\n' \
+	tar -c --exclude=__pycache__ --exclude='*.pyc' c8ysim | tar -x -C "$(PYZ_BUILD_DIR)/src"
+	printf 'import sys\n\nfrom c8ysim.main import main\n\nsys.exit(main())\n' \
 	    > "$(PYZ_BUILD_DIR)/src/__main__.py"
 	$(DEB_PYTHON) -m zipapp "$(PYZ_BUILD_DIR)/src" --compress \
 	    --python=$(DEB_PYTHON) --output="$(DIST)/c8ysim.pyz"

@@ -1,4 +1,4 @@
-# Household model (agent/sim/) for people: `make plot` renders a simulated summer and winter
+# Household model (c8ysim/sim/) for people: `make plot` renders a simulated summer and winter
 # day of the sample site to build/plots/day-{summer,winter}.png; `make annual` prints the
 # annual energy figures of the sample site and of Madrid. matplotlib is needed only
 # here, so `plot` installs it into the venv on first use instead of every `make test`.

@@ -10,7 +10,7 @@ Test-only. Two independent sources, neither needs a change to the agent:
   backfill` and `send-test`), so after the agent stopped `sqlite_sequence.seq` is the number
   of rows (= SmartREST lines) that ever reached the file. Rows delivered straight from the
   in-memory overflow never reach it; the buffer counts them in its ledger (`bypassed`, see
-  `agent.storage.ledger`). generated = seq + bypassed. The rows still in `outbox` at the end
+  `c8ysim.storage.ledger`). generated = seq + bypassed. The rows still in `outbox` at the end
   are known exactly (their payloads are the lines), and so are quarantined ones.
 
   lost = generated - |distinct lines received  U  lines still in the outbox|
@@ -60,7 +60,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from agent.storage.ledger import Ledger
+from c8ysim.storage.ledger import Ledger
 from fake_tenant import FakeTenant, parse_smartrest
 
 UPSTREAM_TOPIC = "s/us"

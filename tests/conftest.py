@@ -166,7 +166,7 @@ def write_config(directory: Path, broker_port: int, status_port: int,
 
 
 class Agent:
-    """`python -m agent run` as a real process tree, in its own session for cleanup."""
+    """`python -m c8ysim run` as a real process tree, in its own session for cleanup."""
 
     def __init__(self, config: Path, status_port: int, env: dict | None = None):
         self.config, self.status_port = config, status_port
@@ -177,7 +177,7 @@ class Agent:
     def start(self) -> "Agent":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "c8ysim", "run", "--config", str(self.config)],
             cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         wait_until(lambda: self.proc.poll() is not None or self.get("/healthz") == 200,
@@ -252,7 +252,7 @@ RUNTIME_MODULES = ("paho", "bottle", "yaml", "sdnotify")
 
 @pytest.fixture(scope="session")
 def other_user_python(tmp_path_factory):
-    """(argv prefix, env) to run `python -m agent` (or `-c`) as another user (nobody): the
+    """(argv prefix, env) to run `python -m c8ysim` (or `-c`) as another user (nobody): the
     checkout and its venv may sit in a directory only root can enter (a CI clone in a 0700
     temp dir), so the agent and its runtime libraries are copied to a world-readable place
     and run by the real interpreter."""
@@ -260,7 +260,7 @@ def other_user_python(tmp_path_factory):
     import tempfile
     base = Path(tempfile.mkdtemp(prefix="c8ysim-foreign-"))
     base.chmod(0o755)
-    shutil.copytree(REPO / "agent", base / "agent",
+    shutil.copytree(REPO / "c8ysim", base / "c8ysim",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in RUNTIME_MODULES:
         origin = Path(importlib.import_module(name).__file__)

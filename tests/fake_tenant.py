@@ -6,7 +6,7 @@ described in ``/work/shared/docs/cumulocity-mqtt-reference.md`` (cited as
 "ref §n" below) and records everything each client does, so tests can assert
 on what the agent published and on a list of protocol/checker violations.
 
-It deliberately shares no code with ``agent/``: the SmartREST parser and the
+It deliberately shares no code with ``c8ysim/``: the SmartREST parser and the
 MQTT codec here are independent so that a bug in the agent's implementation
 is not mirrored by the checker.
 
@@ -113,7 +113,7 @@ def _known_template(tid: int) -> bool:
 
 
 # --------------------------------------------------------------------------
-# SmartREST 2.0 CSV parsing (independent of agent/)
+# SmartREST 2.0 CSV parsing (independent of c8ysim/)
 # --------------------------------------------------------------------------
 
 @dataclasses.dataclass

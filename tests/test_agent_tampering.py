@@ -31,7 +31,7 @@ INTERVAL_S = 0.2
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "c8ysim", *args, "--config", str(config)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -106,11 +106,11 @@ def test_poison_topics_are_refused_before_they_reach_a_buffer(tmp_path):
     config = write_config(tmp_path, free_port(), free_port())
     for topic in ("x" * 70_000, "s/us\n<0>forged", "s/\udcffus"):
         result = subprocess.run(
-            [sys.executable, "-m", "agent", "send-test", "--config", str(config), "--device",
+            [sys.executable, "-m", "c8ysim", "send-test", "--config", str(config), "--device",
              "pv-roof", "--topic", topic, "--message", "400,x,y"],
             cwd=REPO, capture_output=True, timeout=30,
             env=None) if "\udcff" not in topic else subprocess.run(
-            [sys.executable.encode(), b"-m", b"agent", b"send-test", b"--config",
+            [sys.executable.encode(), b"-m", b"c8ysim", b"send-test", b"--config",
              bytes(config), b"--device", b"pv-roof", b"--topic", b"s/\xffus", b"--message",
              b"400,x,y"], cwd=REPO, capture_output=True, timeout=30)
         assert result.returncode == 2, result.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.uplink.certs import CertificateError, common_name
+from c8ysim import config
+from c8ysim.uplink.certs import CertificateError, common_name
 from certs import (PASSWORD, USERNAME, Pki, Subscriber, TlsBroker, openssl, pki,  # noqa: F401
                    subscriber, tls_broker)
 from conftest import wait_until
@@ -25,7 +25,7 @@ from test_tls import (CAP_S, CONNECT_TIMEOUT_S, assert_keeps_retrying, retry_del
 # check at config load: proposed in the uplink report, run once config.py has them.
 needs_cert_check = pytest.mark.skipif(
     not hasattr(config.TlsConfig, "for_device"),
-    reason="per-device client certificates / CN check not in agent/config.py yet")
+    reason="per-device client certificates / CN check not in c8ysim/config.py yet")
 
 SUBSCRIBER_USER = ("recorder", "recorder-pw")
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from agent import backfill, config
+from c8ysim import backfill, config
 from conftest import REPO, free_port, wait_until, write_config
 
 DAY_S = 86400
@@ -48,7 +48,7 @@ def test_backfill_command_fills_the_buffer_and_the_agent_drains_it(tmp_path, mos
     path.write_text(path.read_text().replace("reconnect_max_s: 2}",
                                              "reconnect_max_s: 2, max_lines_per_s: 5000}"))
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "backfill", "--config", str(path), "--device",
+        [sys.executable, "-m", "c8ysim", "backfill", "--config", str(path), "--device",
          "pv-roof", "--since", "24h"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "queued 8640 readings" in result.stdout
@@ -68,13 +68,13 @@ def test_bad_arguments_are_refused(tmp_path):
     path = write_config(tmp_path, free_port(), free_port())
     for args, message in ((("--device", "nope", "--since", "1h"), "devices:"),
                           (("--device", "pv-roof", "--since", "soon"), "not a duration")):
-        result = subprocess.run([sys.executable, "-m", "agent", "backfill", "--config",
+        result = subprocess.run([sys.executable, "-m", "c8ysim", "backfill", "--config",
                                  str(path), *args], cwd=REPO, capture_output=True, text=True,
                                 timeout=30)
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-PEAK_RSS = ("import resource, sys; from agent.main import main; rc = main(sys.argv[1:]); "
+PEAK_RSS = ("import resource, sys; from c8ysim.main import main; rc = main(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
 
 
@@ -101,12 +101,12 @@ def test_a_span_that_does_not_fit_is_refused_not_half_dropped(tmp_path):
                           devices=[("pv-roof", "pv")])
     config.write_text(config.read_text().replace("storage: {path:",
                                                  "storage: {max_records: 1000, path:"))
-    result = subprocess.run([sys.executable, "-m", "agent", "backfill", "--config",
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "backfill", "--config",
                              str(config), "--device", "pv-roof", "--since", "10h"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "3600 readings" in result.stderr, result.stderr
     assert "max_records" in result.stderr
-    ok = subprocess.run([sys.executable, "-m", "agent", "backfill", "--config", str(config),
+    ok = subprocess.run([sys.executable, "-m", "c8ysim", "backfill", "--config", str(config),
                          "--device", "pv-roof", "--since", "2h"],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "queued 720 readings" in ok.stdout, ok.stderr

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import StorageConfig
-from agent.storage import open_buffer
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
 
 pytest_plugins = ["storage_support"]
 
@@ -124,7 +124,7 @@ def test_meta_is_set_with_the_rows_and_deleted_by_none(opened):
 
 def test_oldest_rows_dropped_and_counted_beyond_max_records_logged_once(opened, caplog):
     buffer = opened(max_records=100)
-    with caplog.at_level(logging.WARNING, logger="agent.storage"):
+    with caplog.at_level(logging.WARNING, logger="c8ysim.storage"):
         buffer.put_many(rows(150))
         buffer.put_many(rows(10, start=150))
     stats = buffer.stats(time.time())

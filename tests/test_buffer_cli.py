@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
-from agent import config
-from agent.storage import open_buffer
+from c8ysim import config
+from c8ysim.storage import open_buffer
 from conftest import REPO, free_port, write_config
 
 
 def stats(path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", "buffer", "stats", "--config",
+    return subprocess.run([sys.executable, "-m", "c8ysim", "buffer", "stats", "--config",
                            str(path), *extra], cwd=REPO, capture_output=True, text=True,
                           timeout=30)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import backfill as backfill_module
+from c8ysim import backfill as backfill_module
 from chaos_collector import ClockSteps, Collector, Result, write_report
 from clockshift import WallClock
 from conftest import REPO, Agent, free_port, wait_until
@@ -419,7 +419,7 @@ class OwnCli:
         self.counter = 0
 
     def run(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "agent", *args, "--config",
+        done = subprocess.run([sys.executable, "-m", "c8ysim", *args, "--config",
                                str(self.config)], cwd=REPO, capture_output=True, text=True,
                               timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         with self.lock:
@@ -460,8 +460,8 @@ class OwnCli:
             self.backfills.append((device, found[0][0], readings, lines))
 
     def stamps(self, device: str) -> frozenset[str]:
-        """The times of every reading backfilled into `device` (as agent.backfill makes them)."""
-        from agent.uplink.smartrest import iso_time
+        """The times of every reading backfilled into `device` (as c8ysim.backfill makes them)."""
+        from c8ysim.uplink.smartrest import iso_time
         return frozenset(iso_time((now - self.SPAN) + k * self.rig.interval_s)
                          for name, now, readings, _ in self.backfills if name == device
                          for k in range(readings))

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from c8ysim import config
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "etc" / "c8ysim.yaml"
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "c8ysim", "check-config", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
 
 
@@ -98,13 +98,13 @@ def test_missing_file_and_empty_file(tmp_path):
 
 def test_run_with_bad_config_exits_78(tmp_path):
     path = mutate(tmp_path, "  seed: 1", "  seed: x")
-    result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(path)],
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "run", "--config", str(path)],
                             cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 78 and f"{path}:" in result.stderr
 
 
 def test_config_path_from_environment(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "agent", "check-config"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "check-config"], cwd=REPO,
                             capture_output=True, text=True, timeout=30,
                             env={"C8YSIM_CONFIG": str(SAMPLE), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
@@ -112,7 +112,7 @@ def test_config_path_from_environment(tmp_path):
 
 
 def test_version():
-    result = subprocess.run([sys.executable, "-m", "agent", "--version"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "--version"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.strip() == "c8ysim 0.1.0"
 
@@ -137,7 +137,7 @@ def test_device_parameters_are_checked_against_the_model_catalogue(tmp_path):
 # -- secrets (issue 13, defect 8) ----------------------------------------------------------
 
 ENTRY_POINT = Path(sys.executable).with_name("c8ysim")
-C8YSIM = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "agent"]
+C8YSIM = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "c8ysim"]
 
 
 def c8ysim_check_config(path: Path) -> subprocess.CompletedProcess:
@@ -257,7 +257,7 @@ def test_no_anchored_validation_pattern_uses_match_with_dollar():
     """`re.match(r"...$")` accepts a trailing newline: names and ids use fullmatch()."""
     import re
     offenders = []
-    for source in (REPO / "agent").rglob("*.py"):
+    for source in (REPO / "c8ysim").rglob("*.py"):
         text = source.read_text()
         for pattern in re.findall(r"re\.compile\(\s*r?[\"']([^\"']*)[\"']", text):
             if pattern.endswith("$") and not pattern.endswith("\\$"):

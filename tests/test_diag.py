@@ -27,13 +27,13 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import conftest  # the real agent's config (its own write_config and free_port are below)
-from agent import diag
+from c8ysim import diag
 from fuzzing import fuzz_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-Zq8vX"
 ENTRY_POINT = Path(sys.executable).with_name("c8ysim")
-C8YSIM = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "agent"]
+C8YSIM = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "c8ysim"]
 
 FUZZ = fuzz_settings(examples_in_make_test=300)
 
@@ -307,7 +307,7 @@ def _diag_as_nobody(tmp_path: Path, python) -> None:
     output = out_dir / "bundle.tar.gz"
     argv, env = python
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             *argv, "-m", "agent", "diag", "--config", str(config), "-o",
+                             *argv, "-m", "c8ysim", "diag", "--config", str(config), "-o",
                              str(output)],
                             cwd="/", capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr

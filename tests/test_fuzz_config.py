@@ -1,13 +1,13 @@
 """Fuzzing the YAML loader with random mutations of the sample file (etc/c8ysim.yaml).
 
-Every run of `agent.config.parse(text, path)` either returns a Config or raises ConfigError
+Every run of `c8ysim.config.parse(text, path)` either returns a Config or raises ConfigError
 whose every line reads `<path>:<line>: <message>` with 0 <= line <= lines + 1; never any
-other exception. A few mutated files also go through `python -m agent check-config`: exit 78,
+other exception. A few mutated files also go through `python -m c8ysim check-config`: exit 78,
 no traceback.
 
 ~200 examples by default; 10 000 with HYPOTHESIS_PROFILE=fuzz (`make fuzz`).
 
-Each crash this fuzzer (and probing along its lines) found in agent/config.py has a minimal
+Each crash this fuzzer (and probing along its lines) found in c8ysim/config.py has a minimal
 reproducer in CRASHERS below, kept as a regression test.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from agent import config
+from c8ysim import config
 from fuzzing import fuzz_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,7 +220,7 @@ CLI_CASES = {
 def _check_config(tmp_path: Path, data: bytes) -> subprocess.CompletedProcess:
     path = tmp_path / "c8ysim.yaml"
     path.write_bytes(data)
-    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "c8ysim", "check-config", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
                           env={**os.environ, "JOURNAL_STREAM": ""})
 

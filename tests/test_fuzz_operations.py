@@ -1,6 +1,6 @@
 """Fuzzing operation dispatch: random `s/ds` payloads into Operations.handle.
 
-A real SQLite buffer (agent.storage.open_buffer) holds the restart marker; publish is a
+A real SQLite buffer (c8ysim.storage.open_buffer) holds the restart marker; publish is a
 recorder whose acknowledgement callbacks the test runs (or not) at random points, and the
 child may "restart" (a new Operations on the same buffer, resume() first) in between.
 Properties:
@@ -21,10 +21,10 @@ import tempfile
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from agent.config import StorageConfig
-from agent.storage import open_buffer
-from agent.uplink import smartrest
-from agent.uplink.operations import Operations
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
+from c8ysim.uplink import smartrest
+from c8ysim.uplink.operations import Operations
 from fuzzing import fuzz_settings
 
 OWN = "c8ysim-pv-roof"

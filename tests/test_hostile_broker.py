@@ -15,8 +15,8 @@ import paho.mqtt.publish as publish
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import logs
-from agent.uplink.operations import Operations
+from c8ysim import logs
+from c8ysim.uplink.operations import Operations
 from conftest import free_port, wait_until, write_config
 from fuzzing import fuzz_settings
 

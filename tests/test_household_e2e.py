@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from agent import config
-from agent.sim.household import Household
+from c8ysim import config
+from c8ysim.sim.household import Household
 from conftest import free_port, wait_until, write_config
 
 POWER = {"c8ysim_PvInverter": ("c8y_SinglePhaseEnergyMeasurement", -1),

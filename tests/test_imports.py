@@ -6,13 +6,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-AGENT = Path(__file__).resolve().parent.parent / "agent"
+AGENT = Path(__file__).resolve().parent.parent / "c8ysim"
 THIRD_PARTY_HOME = {
-    "paho": "agent/uplink/transport.py",
-    "yaml": "agent/config.py",
-    "bottle": "agent/http.py",
-    "sdnotify": "agent/notify.py",
-    "psycopg2": "agent/storage/postgres.py",
+    "paho": "c8ysim/uplink/transport.py",
+    "yaml": "c8ysim/config.py",
+    "bottle": "c8ysim/status/app.py",
+    "sdnotify": "c8ysim/notify.py",
+    "psycopg2": "c8ysim/storage/postgres.py",
 }
 
 
@@ -40,18 +40,18 @@ def test_each_third_party_library_is_imported_in_one_module():
 
 
 def test_supervisor_never_imports_device_side_modules():
-    names = modules()["agent/supervisor.py"]
-    forbidden = ("agent.sim", "agent.uplink", "agent.storage", "agent.device")
+    names = modules()["c8ysim/supervisor.py"]
+    forbidden = ("c8ysim.sim", "c8ysim.uplink", "c8ysim.storage", "c8ysim.device")
     assert not [n for n in names if n.startswith(forbidden)], names
 
 
 def test_sim_imports_nothing_from_the_agent():
     for path, names in modules().items():
-        if path.startswith("agent/sim/"):
-            outside = [n for n in names if n.startswith("agent") and not n.startswith("agent.sim")]
+        if path.startswith("c8ysim/sim/"):
+            outside = [n for n in names if n.startswith("c8ysim") and not n.startswith("c8ysim.sim")]
             assert not outside, (path, outside)
 
 
 def test_smartrest_imports_only_the_standard_library_and_sim_types():
-    names = modules()["agent/uplink/smartrest.py"]
-    assert not [n for n in names if n.startswith("agent") and not n.startswith("agent.sim")]
+    names = modules()["c8ysim/uplink/smartrest.py"]
+    assert not [n for n in names if n.startswith("c8ysim") and not n.startswith("c8ysim.sim")]

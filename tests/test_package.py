@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__, config, diag
-from agent.storage import open_buffer
+from c8ysim import __version__, config, diag
+from c8ysim.storage import open_buffer
 from conftest import REPO, Mosquitto, Recorder, free_port, port_open, wait_until, write_config
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -121,12 +121,12 @@ def test_control_fields_and_depends_match_pyproject(deb):
 
 def test_files_unit_conffile_user_and_man_page(unpacked):
     paths = {str(p.relative_to(unpacked)) for p in unpacked.rglob("*") if p.is_file()}
-    for path in ("usr/bin/c8ysim", "usr/share/c8ysim/agent/main.py",
-                 "usr/share/c8ysim/agent/diag.py", "lib/systemd/system/c8ysim.service",
+    for path in ("usr/bin/c8ysim", "usr/lib/python3/dist-packages/c8ysim/main.py",
+                 "usr/lib/python3/dist-packages/c8ysim/diag.py", "lib/systemd/system/c8ysim.service",
                  "usr/lib/sysusers.d/c8ysim.conf", "usr/share/man/man8/c8ysim.8.gz",
                  "etc/c8ysim.yaml", "usr/share/doc/c8ysim/copyright"):
         assert path in paths, path
-    assert not [p for p in paths if "dist-packages" in p or "__pycache__" in p or
+    assert not [p for p in paths if "__pycache__" in p or
                 p.endswith(".pyc")]
     assert os.access(unpacked / "usr/bin/c8ysim", os.X_OK)
     # one copy of the unit and of the packaged default config, shipped as they are
@@ -144,7 +144,7 @@ def test_files_unit_conffile_user_and_man_page(unpacked):
 
 
 def test_man_page_covers_every_command():
-    from agent import main
+    from c8ysim import main
 
     parser = main._parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -273,12 +273,12 @@ def test_diag_bundle_holds_no_password_but_the_buffer_stats(tmp_path):
 
 
 def test_c8ysim_diag_command(tmp_path):
-    from agent import main
+    from c8ysim import main
 
     if "diag" not in main._parser().format_help():
-        pytest.skip("agent/main.py does not call diag.add_parser yet")
+        pytest.skip("c8ysim/main.py does not call diag.add_parser yet")
     output = tmp_path / "cli.tar.gz"
-    result = subprocess.run([sys.executable, "-m", "agent", "diag", "--config",
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "diag", "--config",
                              str(_write_diag_config(tmp_path)), "--output", str(output)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -404,6 +404,6 @@ def _purge_and_check(box) -> None:
     assert box.run("getent", "passwd", "c8ysim", check=False).returncode != 0
     assert box.run("pgrep", "-f", "c8ysim", check=False).returncode != 0
     for path in ("/etc/c8ysim.yaml", "/var/lib/c8ysim", "/lib/systemd/system/c8ysim.service",
-                 "/usr/share/c8ysim"):
+                 "/usr/lib/python3/dist-packages/c8ysim"):
         assert box.run("test", "-e", path, check=False).returncode != 0, path
     assert "c8ysim" not in box.run("dpkg-statoverride", "--list").stdout

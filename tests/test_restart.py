@@ -74,8 +74,8 @@ def test_operations_for_other_devices_and_garbage_are_ignored(tmp_path, mosquitt
 def set_marker(tmp_path, device: str, value: str) -> None:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    from agent.config import StorageConfig
-    from agent.storage import open_buffer
+    from c8ysim.config import StorageConfig
+    from c8ysim.storage import open_buffer
     buffer = open_buffer(StorageConfig(path=str(state)), device)
     buffer.set_meta("operation.c8y_Restart", value)
     buffer.close()

@@ -9,7 +9,7 @@ from conftest import REPO, Recorder, free_port, wait_until, write_config
 
 
 def send_test(config, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", "send-test", "--config", str(config),
+    return subprocess.run([sys.executable, "-m", "c8ysim", "send-test", "--config", str(config),
                            *args], cwd=REPO, capture_output=True, text=True, timeout=30)
 
 

@@ -19,13 +19,13 @@ import tracemalloc
 
 import pytest
 
-from agent import backoff
-from agent.config import StorageConfig
-from agent.storage import open_buffer
-from agent.uplink.pacing import TokenBucket
-from agent.uplink.session import Registration, Session
-from agent.uplink import transport
-from agent.uplink.transport import Endpoint
+from c8ysim import backoff
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
+from c8ysim.uplink.pacing import TokenBucket
+from c8ysim.uplink.session import Registration, Session
+from c8ysim.uplink import transport
+from c8ysim.uplink.transport import Endpoint
 from conftest import free_port, wait_until, write_config
 from fault_proxy import FaultProxy
 

@@ -30,17 +30,17 @@ from datetime import datetime, timezone
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from agent.sim import DeviceSpec, Site, build_model
-from agent.sim.clock import wrap_longitude
-from agent.sim.heatpump import (COP_MAX, COP_MIN, DEFROST_FLOW_DROP_K, FLOW_MAX_C, FLOW_MIN_C, cop,
+from c8ysim.sim import DeviceSpec, Site, build_model
+from c8ysim.sim.clock import wrap_longitude
+from c8ysim.sim.heatpump import (COP_MAX, COP_MIN, DEFROST_FLOW_DROP_K, FLOW_MAX_C, FLOW_MIN_C, cop,
                                 flow_temperature_c)
-from agent.sim.household import Household, Snapshot, grid_balance_w
-from agent.sim.noise import value_noise
-from agent.sim.pv import (MAX_RATING_KW, PvArray, erbs_diffuse_fraction, faiman_cell_temp_c, haurwitz_ghi,
+from c8ysim.sim.household import Household, Snapshot, grid_balance_w
+from c8ysim.sim.noise import value_noise
+from c8ysim.sim.pv import (MAX_RATING_KW, PvArray, erbs_diffuse_fraction, faiman_cell_temp_c, haurwitz_ghi,
                           plane_of_array, pvwatts_ac_w, pvwatts_dc_w)
-from agent.sim.sun import SunPosition, sun_position
-from agent.sim.voltage import SAG_LOW_V, SWELL_HIGH_V
-from agent.sim.weather import diurnal_shape, sunrise_solar_hour
+from c8ysim.sim.sun import SunPosition, sun_position
+from c8ysim.sim.voltage import SAG_LOW_V, SWELL_HIGH_V
+from c8ysim.sim.weather import diurnal_shape, sunrise_solar_hour
 from fuzzing import fuzz_settings
 
 COUNTS: Counter = Counter()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim import DeviceSpec, Site, build_model
-from agent.sim.household import Household
+from c8ysim.sim import DeviceSpec, Site, build_model
+from c8ysim.sim.household import Household
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = Site(52.52, 13.405, "Europe/Berlin", 1234, household=(("kwh_per_year", 4500.0),),

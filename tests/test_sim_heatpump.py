@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sim import DeviceSpec, Site, build_model
-from agent.sim.clock import local_time
-from agent.sim.heatpump import (COP_MAX, COP_MIN, HEATING, HOT_WATER, STANDBY, annual_degree_hours_kh,
+from c8ysim.sim import DeviceSpec, Site, build_model
+from c8ysim.sim.clock import local_time
+from c8ysim.sim.heatpump import (COP_MAX, COP_MIN, HEATING, HOT_WATER, STANDBY, annual_degree_hours_kh,
                                 cop, flow_temperature_c)
-from agent.sim.household import Household
+from c8ysim.sim.household import Household
 
 
 def utc(text: str) -> float:

@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sim import Alarm, DeviceSpec, Site, build_model
-from agent.sim.alarms import transition
-from agent.sim.clock import local_time
-from agent.sim.household import Household
-from agent.sim.load import APPLIANCES
-from agent.sim.noise import stream_key, value_noise
-from agent.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V
-from agent.sim.weather import diurnal_shape
+from c8ysim.sim import Alarm, DeviceSpec, Site, build_model
+from c8ysim.sim.alarms import transition
+from c8ysim.sim.clock import local_time
+from c8ysim.sim.household import Household
+from c8ysim.sim.load import APPLIANCES
+from c8ysim.sim.noise import stream_key, value_noise
+from c8ysim.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V
+from c8ysim.sim.weather import diurnal_shape
 
-SIM_DIR = Path(__file__).resolve().parents[1] / "agent" / "sim"
+SIM_DIR = Path(__file__).resolve().parents[1] / "c8ysim" / "sim"
 START_2020 = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
 TEN_YEARS_S = 10 * 365.25 * 86400
 NAMES = ("roof", "hp", "meter")
@@ -215,5 +215,5 @@ def test_sim_is_pure_no_clock_io_or_global_random_no_outside_imports():
                     raise AssertionError(f"{path.name} reads the clock")
                 continue
             for name in names:
-                allowed = name.startswith("agent.sim") or name.split(".")[0] in ALLOWED_IMPORTS
+                allowed = name.startswith("c8ysim.sim") or name.split(".")[0] in ALLOWED_IMPORTS
                 assert allowed, (path.name, name)

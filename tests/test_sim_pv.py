@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.sim import DeviceSpec, Site, build_model
-from agent.sim.household import Household
-from agent.sim.pv import (INVERTER_NOMINAL_EFFICIENCY, PvArray, erbs_diffuse_fraction,
+from c8ysim.sim import DeviceSpec, Site, build_model
+from c8ysim.sim.household import Household
+from c8ysim.sim.pv import (INVERTER_NOMINAL_EFFICIENCY, PvArray, erbs_diffuse_fraction,
                           faiman_cell_temp_c, haurwitz_ghi, pvwatts_ac_w)
-from agent.sim.sun import sun_position
-from agent.sim.weather import CLEAR, Weather
+from c8ysim.sim.sun import sun_position
+from c8ysim.sim.weather import CLEAR, Weather
 
 BERLIN = (52.52, 13.405)
 

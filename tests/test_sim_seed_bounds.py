@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from agent import config, sim
+from c8ysim import config, sim
 from conftest import REPO
 
 MAX_CURRENT_A = {"heatpump": 20.0, "grid": 50.0}

@@ -35,9 +35,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.sim import DeviceSpec, Site, build_model
-from agent.sim import heatpump
-from agent.sim.household import Household
+from c8ysim.sim import DeviceSpec, Site, build_model
+from c8ysim.sim import heatpump
+from c8ysim.sim.household import Household
 
 YEAR_START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 STEP_S = 900.0
@@ -66,7 +66,7 @@ def day_times(day: int) -> list[float]:
     return [start + i * STEP_S for i in range(STEPS_PER_DAY)]
 
 
-# --- independent sun and PVWatts-style estimate (no agent.sim code) -----------------------
+# --- independent sun and PVWatts-style estimate (no c8ysim.sim code) -----------------------
 
 def spencer_sun(t: float, lat_deg: float, lon_deg: float) -> tuple[float, float, float]:
     """(declination rad, hour angle rad, day of year) from Spencer's (1971) series."""

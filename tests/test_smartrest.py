@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sim import Alarm, Event, Reading, Series
-from agent.uplink import smartrest as sr
+from c8ysim.sim import Alarm, Event, Reading, Series
+from c8ysim.uplink import smartrest as sr
 from fuzzing import fuzz_settings
 
 FUZZ = fuzz_settings(examples_in_make_test=300)

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from agent import backoff, config
-from agent.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event,
+from c8ysim import backoff, config
+from c8ysim.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event,
                           Policy, failures_in_a_row, next_state, quick_deaths)
 
 S, E, A = ChildState, Event, Action

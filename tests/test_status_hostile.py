@@ -1,5 +1,5 @@
 """The status server against hostile clients, run inside the REAL supervisor loop
-(`python -m agent run`, one device whose uplink points at a closed port).
+(`python -m c8ysim run`, one device whose uplink points at a closed port).
 
 A raw-socket fuzzer (hypothesis over bytes: garbage, almost-HTTP with odd methods, targets,
 %-escapes, NUL, non-UTF-8 and huge headers, requests split into pieces sent slowly, idle
@@ -29,9 +29,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from agent import status_server
-from agent.http import build_app
-from agent.status_server import StatusServer
+from c8ysim.status import server as status_server
+from c8ysim.status.app import build_app
+from c8ysim.status.server import StatusServer
 from conftest import REPO, Agent, free_port, wait_until, write_config
 from fuzzing import fuzz_settings
 
@@ -62,7 +62,7 @@ class Target(Agent):
     def start(self) -> "Target":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.prefix + [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+            self.prefix + [sys.executable, "-m", "c8ysim", "run", "--config", str(self.config)],
             cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         wait_until(lambda: self.proc.poll() is not None or healthz(self.status_port) == 200,

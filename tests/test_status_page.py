@@ -27,10 +27,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import config as config_module
-from agent import http, status_cli, status_html, status_metrics, status_view
-from agent.http import build_app
-from agent.status_server import StatusServer
+from c8ysim import config as config_module
+from c8ysim.status import app as http, cli as status_cli, html as status_html
+from c8ysim.status import metrics as status_metrics, view as status_view
+from c8ysim.status.app import build_app
+from c8ysim.status.server import StatusServer
 from conftest import REPO, free_port, wait_until, write_config
 from fuzzing import fuzz_settings
 
@@ -578,7 +579,7 @@ def test_status_command_sends_the_password_file_credentials(tmp_path, mosquitto,
 # -- status.listen off loopback needs status.password_file (issue 13) -----------------------
 
 def check_config(path) -> tuple[int, str]:
-    result = subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "check-config", str(path)],
                             cwd=REPO, capture_output=True, text=True, timeout=30)
     return result.returncode, result.stdout + result.stderr
 

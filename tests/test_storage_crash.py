@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import StorageConfig
-from agent.storage import open_buffer
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
 from conftest import wait_until
 
 pytest_plugins = ["storage_support"]
@@ -34,8 +34,8 @@ READY_TIMEOUT_S = 30
 REPO = Path(__file__).resolve().parent.parent
 WRITER = """
 import random, sys, time
-from agent.config import StorageConfig
-from agent.storage import open_buffer
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
 
 backend, path, dsn, device, seed = sys.argv[1:6]
 buffer = open_buffer(StorageConfig(backend=backend, path=path, dsn=dsn or None), device)

@@ -15,8 +15,8 @@ import uuid
 import psycopg2
 import pytest
 
-from agent.config import StorageConfig
-from agent.storage import open_buffer
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
 pytest.register_assert_rewrite("storage_support")
 from storage_support import retry_now
 
@@ -64,8 +64,8 @@ def drain(buffer, limit: int = 100_000) -> list[bytes]:
 
 def test_missing_driver_is_a_clear_config_error(storage):
     code = ("import sys; sys.modules['psycopg2'] = None\n"
-            "from agent.config import StorageConfig\n"
-            "from agent.storage import open_buffer, StorageConfigError\n"
+            "from c8ysim.config import StorageConfig\n"
+            "from c8ysim.storage import open_buffer, StorageConfigError\n"
             f"try: open_buffer(StorageConfig(backend='postgres', dsn='x', path={storage.path!r}),"
             " 'dev')\n"
             "except StorageConfigError as exc: print(exc)\n")

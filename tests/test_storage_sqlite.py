@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from agent.config import StorageConfig
-from agent.storage import StorageConfigError, open_buffer
-from agent.storage import sqlite as sqlite_store
+from c8ysim.config import StorageConfig
+from c8ysim.storage import StorageConfigError, open_buffer
+from c8ysim.storage import sqlite as sqlite_store
 pytest.register_assert_rewrite("storage_support")
 from storage_support import ext4_image, fill_up, read_only_bind, retry_now, tmpfs
 
@@ -159,7 +159,7 @@ def test_disk_full_degrades_to_memory_keeps_sending_and_recovers_in_order(tmp_pa
 
 
 def test_overflow_in_memory_is_bounded_and_its_drops_are_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr("agent.storage.MEMORY_MAX_ROWS", 50)
+    monkeypatch.setattr("c8ysim.storage.MEMORY_MAX_ROWS", 50)
     with tmpfs(tmp_path / "fs", 256) as directory:
         buffer = open_buffer(StorageConfig(path=str(directory)), "dev")
         fill_up(directory)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import StorageConfig
-from agent.storage import open_buffer
+from c8ysim.config import StorageConfig
+from c8ysim.storage import open_buffer
 
 pytest_plugins = ["storage_support"]
 
@@ -188,7 +188,7 @@ def _damage(path: Path, how: str) -> None:
 CHILD = """
 import json, sys, time
 from types import SimpleNamespace
-from agent.storage import open_buffer
+from c8ysim.storage import open_buffer
 storage = SimpleNamespace(path=sys.argv[1], backend="sqlite", max_records=200_000,
                           max_age_hours=168, synchronous="normal")
 step = sys.argv[2]
@@ -273,7 +273,7 @@ def test_a_torn_ledger_slot_falls_back_to_the_other(storage):
     fill(buffer, 0, 3)
     buffer.close()
     path = Path(storage.path) / "dev.ledger.json"
-    from agent.storage.ledger import SLOT_BYTES, Ledger
+    from c8ysim.storage.ledger import SLOT_BYTES, Ledger
     writes = Ledger(str(path)).writes
     newest = writes % 2  # the slot written last
     with open(path, "r+b") as file:  # a crash half-way through writing the newest slot

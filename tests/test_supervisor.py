@@ -2,7 +2,7 @@
 NOTIFY_SOCKET listener, reload by difference, a refused reload, a stuck child killed and
 restarted, a stop within the timeout, and a status client that never stalls the loop.
 
-The devices are the real ones (`python -m agent run`); their uplink points at a closed port,
+The devices are the real ones (`python -m c8ysim run`); their uplink points at a closed port,
 so they simulate and buffer, which is all the supervisor needs to see of them.
 """
 
@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from agent import config, supervisor
-from agent.states import ChildState
+from c8ysim import config, supervisor
+from c8ysim.states import ChildState
 from conftest import REPO, Agent, children_of, free_port, wait_until, write_config
 
 START_TIMEOUT_S = 10.0
@@ -115,7 +115,7 @@ def agent(tmp_path, daemons):
     status_port = free_port()
     config = write_config(tmp_path, free_port(), status_port, extra=FAST_TIMEOUTS,
                           devices=DEVICES)
-    return daemons([sys.executable, "-m", "agent", "run", "--config", str(config)],
+    return daemons([sys.executable, "-m", "c8ysim", "run", "--config", str(config)],
                    config, status_port)
 
 

@@ -37,11 +37,12 @@ def scripted_child(config, name: str, heartbeat, parent_pid: int) -> int:
 
 
 def harness(config_path: str) -> int:
-    from agent import config, http, logs, notify, states, supervisor
+    from c8ysim import config, logs, notify, states, supervisor
+    from c8ysim.status import app as status_app
 
     cfg = config.load(config_path)
     logs.setup(cfg.log_level, "supervisor")
-    return supervisor.Supervisor(cfg, scripted_child, http.build_app, config.load,
+    return supervisor.Supervisor(cfg, scripted_child, status_app.build_app, config.load,
                                  notify.Notifier(), states.Policy(**FAST_POLICY)).run()
 
 

@@ -20,7 +20,7 @@ from conftest import REPO, Mosquitto, free_port, wait_until
 
 import nspawn
 
-AGENT_SRC = Path(os.environ.get("C8YSIM_AGENT_SRC", REPO / "agent"))  # or a snapshot of it
+AGENT_SRC = Path(os.environ.get("C8YSIM_AGENT_SRC", REPO / "c8ysim"))  # or a snapshot of it
 UNIT = "c8ysim.service"
 UNIT_PATH = "/usr/lib/systemd/system/c8ysim.service"
 CONFIG_PATH = "/etc/c8ysim.yaml"
@@ -33,7 +33,7 @@ DEVICES = [("pv-roof", "pv"), ("heatpump", "heatpump"), ("grid-meter", "grid")]
 WRAPPER = """#!/usr/bin/python3
 import sys
 sys.path.insert(0, "/usr/lib/c8ysim")
-from agent.main import main
+from c8ysim.main import main
 sys.exit(main())
 """
 SYSUSERS = 'u c8ysim - "c8ysim agent" /var/lib/c8ysim\n'
@@ -58,7 +58,7 @@ def config_yaml(broker_port: int, status_port: int, devices=DEVICES) -> str:
 
 def install_agent(box: nspawn.Container, config_text: str) -> None:
     """Put the agent, its wrapper, unit, user and config into the (not yet booted) root."""
-    shutil.copytree(AGENT_SRC, box.root / "usr/lib/c8ysim/agent",
+    shutil.copytree(AGENT_SRC, box.root / "usr/lib/c8ysim/c8ysim",
                     ignore=shutil.ignore_patterns("__pycache__"))
     box.write("usr/bin/c8ysim", WRAPPER, 0o755)
     box.write(UNIT_PATH, (REPO / "systemd/c8ysim.service").read_text())

@@ -1,8 +1,8 @@
-"""agent.wallclock: a step of the wall clock is reported once, slewing never."""
+"""c8ysim.wallclock: a step of the wall clock is reported once, slewing never."""
 
 from __future__ import annotations
 
-from agent import wallclock
+from c8ysim import wallclock
 
 
 class Clocks:

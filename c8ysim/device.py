@@ -1,0 +1,216 @@
+"""One device's child process: model -> buffer -> session, and its tick loop.
+
+The composition root of a device. Every `interval_s` the model computes a reading; the
+reading, its alarm transitions and the model's state (energy registers) are stored in one
+transaction. The session drains the buffer whenever it is online. Once per loop turn the
+child sends its heartbeat to the supervisor. It never raises: failures become an exit code
+and a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import time
+
+from c8ysim import __version__, sim
+from c8ysim.config import EX_CONFIG, Config, DeviceConfig
+from c8ysim.storage import Buffer, StorageConfigError, open_buffer
+from c8ysim.uplink import smartrest
+from c8ysim.uplink.session import Registration, Session
+from c8ysim.uplink.transport import Endpoint
+
+HEARTBEAT_INTERVAL_S = 1.0
+MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
+MODEL_STATE_KEY = "model.state"
+DEVICE_TYPES = {"pv": "c8ysim_PvInverter", "heatpump": "c8ysim_HeatPump",
+                "grid": "c8ysim_GridMeter"}
+EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_RESTART = 75  # the device restarts itself for a c8y_Restart (states.EX_RESTART)
+
+log = logging.getLogger(__name__)
+
+
+class _Stop:
+    """Queued by the SIGTERM handler (SimpleQueue.put is safe in a signal handler)."""
+
+
+class Device:
+    def __init__(self, config: Config, device: DeviceConfig, buffer: Buffer,
+                 heartbeat: socket.socket | None, parent_pid: int):
+        self.config, self.device, self.buffer = config, device, buffer
+        self.heartbeat, self.parent_pid = heartbeat, parent_pid
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.model = sim.build_model(config.site, device.name)
+        self.model_state = load_model_state(buffer) or self.model.initial_state()
+        self.session = self._build_session()
+        self.last_reading: dict | None = None
+        self.running = True
+
+    def _build_session(self) -> Session | None:
+        c8y = self.config.cumulocity
+        if c8y is None:
+            log.warning("no 'cumulocity' section: simulating and buffering only")
+            return None
+        tls = c8y.tls.for_device(self.device.external_id) if c8y.tls else None
+        endpoint = Endpoint(
+            host=c8y.host, port=c8y.port, client_id=self.device.external_id,
+            username=None if tls and tls.cert_file else c8y.username, password=c8y.password,
+            keepalive_s=c8y.keepalive_s, tls=tls is not None,
+            ca_file=tls.ca_file if tls else None, cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None)
+        registration = Registration(
+            name=self.device.name, type=DEVICE_TYPES[self.device.type],
+            serial=self.device.external_id, model=f"c8ysim {self.device.type}",
+            revision=__version__, supported_operations=("c8y_Restart",),
+            required_interval_min=c8y.required_interval_min)
+        return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
+                       random.Random(), c8y.max_lines_per_s)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.events.put(_Stop()))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor too
+        interval = self.device.interval_s
+        next_tick = time.monotonic() + _until_next_slot_s(interval)
+        next_heartbeat = 0.0
+        while self.running:
+            now = time.monotonic()
+            if now >= next_tick:
+                self.tick()
+                # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
+                # the interval: all devices read at the same timestamps, and a jump of the
+                # wall clock never stalls or bursts the loop.
+                next_tick = now + _until_next_slot_s(interval)
+            if self.session:
+                self.session.poll(time.monotonic())
+                if self.session.operations.restart_requested:
+                    log.info("restarting the device for its c8y_Restart operation")
+                    self.close()
+                    return EXIT_RESTART
+            if now >= next_heartbeat:
+                self.send_heartbeat()
+                next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self._wait(min(next_tick, next_heartbeat) - time.monotonic())
+            if os.getppid() != self.parent_pid:
+                log.error("the supervisor is gone; exiting")
+                self.running = False
+        self.close()
+        return EXIT_OK
+
+    def _wait(self, seconds: float) -> None:
+        timeout = min(max(seconds, 0.0), MAX_WAIT_S)
+        if self.session and (wake := self.session.wakeup_in(time.monotonic())) is not None:
+            timeout = min(timeout, wake)
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._dispatch(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _dispatch(self, event) -> None:
+        if isinstance(event, _Stop):
+            log.info("stopping")
+            self.running = False
+        elif self.session:
+            self.session.handle(event, time.monotonic())
+
+    def tick(self) -> None:
+        t = _slot(time.time(), self.device.interval_s)
+        last_t = self.model_state.get("t")
+        if t == last_t:
+            return  # this slot was already read (the loop woke a little early)
+        dt = max(0.0, t - last_t) if last_t is not None else 0.0
+        state, reading = self.model.step(self.model_state, t, dt)
+        self.model_state = {**state, "t": t}
+        rows = [(smartrest.UPSTREAM_TOPIC, line.encode(), t) for line in _lines(reading)]
+        self.buffer.put_many(rows, meta={MODEL_STATE_KEY: json.dumps(self.model_state)})
+        self.last_reading = _summary(reading)
+
+    def send_heartbeat(self) -> None:
+        if self.heartbeat is None:
+            return
+        stats = self.buffer.stats(time.time())
+        beat = {
+            "pid": os.getpid(), "time": time.time(),
+            "queued": stats.depth, "oldest_queued_age_s": stats.oldest_age_s,
+            "dropped": stats.dropped, "quarantined": stats.quarantined, "lost": stats.lost,
+            "degraded": stats.degraded, "buffer_backend": stats.backend,
+            "last_reading": self.last_reading,
+            **(self.session.status() if self.session else
+               {"connection": "not_configured", "connected": False}),
+        }
+        try:
+            self.heartbeat.send(json.dumps(beat).encode())
+        except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):
+            pass  # the supervisor is busy or gone; the next beat or the ppid check covers it
+
+    def close(self) -> None:
+        if self.session:
+            self.session.close()
+        self.buffer.close()
+
+
+def load_model_state(buffer: Buffer) -> dict | None:
+    """The model state (energy registers) the device last stored; None if there is none."""
+    saved = buffer.get_meta(MODEL_STATE_KEY)
+    if not saved:
+        return None
+    try:
+        return json.loads(saved)
+    except ValueError:
+        log.error("stored model state is unreadable; energy registers restart at 0")
+        return None
+
+
+def _slot(t: float, interval_s: float) -> float:
+    """The wall-clock multiple of the interval nearest to t (readings share timestamps)."""
+    return round(round(t / interval_s) * interval_s, 3)
+
+
+def _until_next_slot_s(interval_s: float) -> float:
+    return interval_s - time.time() % interval_s
+
+
+def _lines(reading: sim.Reading) -> list[str]:
+    lines = [smartrest.measurement(reading)]
+    lines += [smartrest.alarm(alarm, reading.time) for alarm in reading.alarms_raised]
+    lines += [smartrest.clear_alarm(alarm_type) for alarm_type in reading.alarms_cleared]
+    lines += [smartrest.event(event, reading.time) for event in reading.events]
+    return lines
+
+
+def _summary(reading: sim.Reading) -> dict:
+    """The few values the status page shows."""
+    return {"time": reading.time,
+            **{f"{s.fragment}.{s.series}": s.value for s in reading.series}}
+
+
+def run_child(config: Config, device_name: str, heartbeat: socket.socket | None,
+              parent_pid: int) -> int:
+    """Entry point in the forked child; returns the process exit code."""
+    device = config.device(device_name)
+    try:
+        buffer = open_buffer(config.storage, device.name)
+    except StorageConfigError as exc:  # e.g. psycopg2 missing: retrying cannot help
+        log.error("%s", exc)
+        return EX_CONFIG
+    except Exception as exc:  # noqa: BLE001 - any failure to open the store ends the child
+        log.error("cannot open the buffer: %s", exc)
+        return EXIT_FAILURE
+    try:
+        return Device(config, device, buffer, heartbeat, parent_pid).run()
+    except Exception:  # noqa: BLE001
+        log.exception("device loop failed")
+        return EXIT_FAILURE

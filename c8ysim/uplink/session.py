@@ -1,0 +1,405 @@
+"""The Cumulocity session of one device: connect, register, subscribe, drain; reconnect forever.
+
+Runs in the device's main thread only: `handle()` takes the transport's events, `poll()` acts
+on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
+
+    CONNECT -> 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds, s/e
+            -> (s/ds granted) finish an in-flight restart (503/502) -> 500 -> drain
+
+Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
+flight, so those rows are sent again on the next connection (at least once, in order).
+A row that can never be published (a topic MQTT forbids, a payload over the limit, any
+error from paho's publish other than "not connected") is quarantined with the reason and
+the drain goes on: no row can crash the device or stall its queue.
+
+The broker is not trusted either: `s/ds` and `s/e` messages over the platform's own limit
+(`MAX_INBOUND_BYTES`) are dropped unread, and beyond `INBOUND_BYTES_PER_S` they are dropped
+too (a flood must not starve the device loop and its heartbeat); both are counted
+(`inbound_dropped`) and logged once per burst. What is logged about them is escaped,
+truncated and limited in lines (`logs.external`, `logs.LineBudget`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from c8ysim import backoff, logs
+from c8ysim.storage import Buffer, Record
+from c8ysim.storage.bursts import BurstLog
+from c8ysim.uplink import smartrest
+from c8ysim.uplink.operations import Operations
+from c8ysim.uplink.pacing import TokenBucket
+from c8ysim.uplink.transport import (
+    Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
+    Published, Subscribed, TlsSetupError, invalid_topic)
+
+WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large windows
+ROWS_PER_PEEK = 500
+BACKOFF_BASE_S = 1.0
+STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
+CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attempt
+REGISTER_TIMEOUT_S = 30.0  # CONNACK to online (100 PUBACK, SUBACKs)
+QUICK_CLOSE_S = 5.0  # closed this soon after connect, before CONNACK: not an MQTT port?
+UNLIMITED_LINES_PER_S = 1e9
+MAX_INBOUND_BYTES = 16384  # Cumulocity never sends more in one message; larger = hostile
+INBOUND_BYTES_PER_S = 32 * 1024  # parsing budget for s/ds + s/e (also the burst)
+INBOUND_MIN_COST_BYTES = 1024  # a message takes at least this much of the budget
+INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S = 20, 60.0  # lines about broker input per window
+S_E_LOG_BYTES = 300
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the device tells Cumulocity about itself on every connect."""
+
+    name: str
+    type: str
+    serial: str
+    model: str
+    revision: str
+    supported_operations: tuple[str, ...]
+    required_interval_min: int
+
+
+class Session:
+    def __init__(self, endpoint: Endpoint, registration: Registration, buffer: Buffer,
+                 events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random,
+                 max_lines_per_s: float = UNLIMITED_LINES_PER_S):
+        self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
+        self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
+        self.pace = TokenBucket(max_lines_per_s, time.monotonic())
+        self.inbound_budget = TokenBucket(INBOUND_BYTES_PER_S, time.monotonic())
+        self.note_inbound = logs.LineBudget(log, INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S,
+                                            time.monotonic)
+        self.operations = Operations(endpoint.client_id, buffer, self.note_inbound)
+        self.inbound_dropped = 0  # s/ds, s/e messages dropped unread (too large, flood)
+        self.log_oversized, self.log_flood = BurstLog(log), BurstLog(log)
+        self.log_poison, self.log_store = BurstLog(log), BurstLog(log)
+        self.state = "disconnected"
+        self.connection: Connection | None = None
+        self.generation = 0
+        self.failures = 0
+        self.retry_at = 0.0  # monotonic time of the next connect attempt
+        self.state_since = time.monotonic()
+        self.connected_since: float | None = None  # wall clock, for the status page
+        self.pending: dict[int, Callable[[], None] | None] = {}  # mid -> on PUBACK/SUBACK
+        self.inflight: dict[int, list[int]] = {}  # publish mid -> buffered row ids
+        self.subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
+        self.cursor = 0  # highest row id handed to paho on this connection
+        self.sent = 0
+        self.reconnects = 0
+        self.attempts = 0  # connection attempts since the child started
+        self.last_ack: float | None = None
+        self.last_error: str | None = None
+        self.auth_failed = False
+
+    # -- driven by the device loop ------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        if self.state == "disconnected" and now >= self.retry_at:
+            self._open(now)
+        elif self.state in ("connecting", "registering") and \
+                now - self.state_since > _timeout_for(self.state):
+            what = "CONNACK" if self.state == "connecting" else "answer to the registration"
+            self._fail(now, f"no {what} within {_timeout_for(self.state):.0f} s")
+        elif self.state == "online":
+            if self.failures and now - self.state_since >= STABLE_AFTER_S:
+                self.failures = 0
+            self._fill_window(now)
+
+    def handle(self, event, now: float) -> None:
+        if getattr(event, "generation", None) != self.generation or self.connection is None:
+            return  # from a connection we already gave up on
+        handler = _HANDLERS.get(type(event))
+        if handler:
+            handler(self, event, now)
+
+    def wakeup_in(self, now: float) -> float | None:
+        """Seconds until poll() has timed work to do (None: only events matter)."""
+        if self.state == "disconnected":
+            return max(0.0, self.retry_at - now)
+        if self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+            wait = self.pace.wait_s(now)
+            return wait if wait > 0 else None
+        return 1.0
+
+    def close(self) -> None:
+        if self.connection:
+            self.connection.close()
+            self.connection = None
+        self.state = "stopped"
+
+    def status(self) -> dict:
+        return {
+            "connection": "auth_failed" if self.auth_failed and self.state != "online"
+            else self.state,
+            "connected": self.state == "online",
+            "connected_since": self.connected_since,
+            "inflight": sum(len(ids) for ids in self.inflight.values()),
+            "sent": self.sent,
+            "reconnects": self.reconnects,
+            "attempts": self.attempts,
+            "last_ack": self.last_ack,
+            "last_error": self.last_error,
+            "inbound_dropped": self.inbound_dropped,
+            "inbound_ignored": self.operations.ignored_lines,
+        }
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _open(self, now: float) -> None:
+        self.generation += 1
+        self.attempts += 1
+        try:
+            self.connection = Connection(self.endpoint, self.events, self.generation,
+                                         WINDOW_PUBLISHES + 4)
+        except TlsSetupError as exc:  # e.g. a certificate file being replaced right now
+            self._fail(now, str(exc))
+            return
+        self._enter("connecting", now)
+        log.info("connecting to %s:%d as %s", self.endpoint.host, self.endpoint.port,
+                 self.endpoint.client_id)
+        self.connection.start()
+
+    def _fail(self, now: float, reason: str, auth: bool = False) -> None:
+        was_online = self.state == "online"
+        if self.connection:
+            self.connection.close()
+            self.connection = None
+        self.failures += 1
+        self.auth_failed = auth
+        delay = (backoff.near_cap(self.reconnect_max_s, self.rng) if auth else
+                 backoff.full_jitter(self.failures, BACKOFF_BASE_S, self.reconnect_max_s,
+                                     self.rng))
+        self.retry_at = now + delay
+        self.last_error = reason
+        self.inflight.clear()
+        self.pending.clear()
+        self.subscriptions.clear()
+        self.cursor = 0
+        self.connected_since = None
+        self._enter("disconnected", now)
+        if was_online:
+            self.reconnects += 1
+        level = logging.ERROR if auth else logging.WARNING
+        log.log(level, "%s; reconnecting in %.1f s", reason, delay)
+
+    def _enter(self, state: str, now: float) -> None:
+        self.state, self.state_since = state, now
+
+    def _send_session(self, payload: str, on_ack: Callable[[], None] | None = None) -> None:
+        """Publish a session line now (not via the buffer); `on_ack` runs on its PUBACK."""
+        if self.connection is None:
+            return
+        try:
+            mid = self.connection.publish(smartrest.UPSTREAM_TOPIC, payload.encode())
+        except NotConnected as exc:
+            self.last_error = f"publish failed: {exc}"  # the Disconnected event follows
+            return
+        self.pending[mid] = on_ack
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_connected(self, event: Connected, now: float) -> None:
+        if not event.ok:
+            hint = " (check tenant, user and password)" if event.auth_failed else ""
+            self._fail(now, f"broker refused the connection: {event.reason}{hint}",
+                       auth=event.auth_failed)
+            return
+        self.auth_failed = False
+        reg = self.registration
+        self._enter("registering", now)
+        self._send_session(smartrest.device_creation(reg.name, reg.type),
+                           self._after_device_created)
+
+    def _on_connect_failed(self, event: ConnectFailed, now: float) -> None:
+        self._fail(now, f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: "
+                   f"{event.reason}")
+
+    def _on_disconnected(self, event: Disconnected, now: float) -> None:
+        if self.state == "connecting":  # ended before any CONNACK
+            waited = now - self.state_since
+            if event.timed_out or waited >= QUICK_CLOSE_S:
+                self._fail(now, f"no CONNACK within {waited:.0f} s ({event.reason})")
+            else:
+                self._fail(now, f"the broker closed the connection right after connect, before "
+                           f"answering CONNECT ({event.reason}); plain MQTT to a TLS port? "
+                           "check cumulocity.port and cumulocity.tls")
+            return
+        self._fail(now, f"connection lost: {event.reason}")
+
+    def _on_published(self, event: Published, now: float) -> None:
+        if event.mid in self.pending:
+            on_ack = self.pending.pop(event.mid)
+            if on_ack:
+                on_ack()
+            return
+        ids = self.inflight.pop(event.mid, None)
+        if ids:
+            self.buffer.ack(ids)
+            self.sent += len(ids)
+            self.last_ack = time.time()
+            self._fill_window(now)
+
+    def _after_device_created(self) -> None:
+        reg = self.registration
+        lines = [smartrest.hardware(reg.serial, reg.model, reg.revision),
+                 smartrest.supported_operations(*reg.supported_operations),
+                 smartrest.required_interval(reg.required_interval_min)]
+        self._send_session("\n".join(lines))
+        try:
+            self.subscriptions = {
+                self.connection.subscribe(smartrest.OPERATIONS_TOPIC, 1): "s/ds",
+                self.connection.subscribe(smartrest.ERRORS_TOPIC, 0): "s/e"}
+        except NotConnected as exc:
+            self.last_error = f"subscribe failed: {exc}"  # the Disconnected event follows
+
+    def _on_subscribed(self, event: Subscribed, now: float) -> None:
+        if self.subscriptions.pop(event.mid, None) != "s/ds":
+            return
+        if not all(event.granted):
+            self._fail(now, "the broker refused the subscription to s/ds")
+            return
+        self.operations.resume(self._send_session)
+        self._send_session(smartrest.get_pending_operations())
+        self._enter("online", now)
+        self.connected_since = time.time()
+        self.last_error = None
+        log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
+        self._fill_window(now)
+
+    def _on_message(self, event: Message, now: float) -> None:
+        if not self._admit(event, now):
+            return
+        try:
+            if event.topic == smartrest.ERRORS_TOPIC:
+                self.note_inbound(logging.WARNING, "Cumulocity reports an error: %s",
+                                  logs.external(event.payload, S_E_LOG_BYTES))
+            elif event.topic == smartrest.OPERATIONS_TOPIC:
+                self.operations.handle(event.payload, self._send_session)
+        except Exception as exc:  # noqa: BLE001 - broker input must never end the device
+            self.note_inbound(logging.ERROR, "could not handle a %s message: %s",
+                              logs.external(event.topic, 80), logs.external(repr(exc)))
+
+    def _admit(self, event: Message, now: float) -> bool:
+        """Whether to read this message; else it is dropped and counted, before parsing."""
+        size = len(event.payload)
+        topic = logs.external(event.topic, 80)
+        if size > MAX_INBOUND_BYTES:
+            self.inbound_dropped += 1
+            self.log_oversized(logging.WARNING, "dropped a %d-byte %s message unread: over the "
+                               "%d-byte limit (%d dropped so far)", size, topic,
+                               MAX_INBOUND_BYTES, self.inbound_dropped)
+            return False
+        cost = max(size, INBOUND_MIN_COST_BYTES)
+        if self.inbound_budget.available(now) < cost:
+            self.inbound_dropped += 1
+            self.log_flood(logging.WARNING, "dropping %s messages: the broker sends more than "
+                           "%d bytes/s (%d dropped so far)", topic, INBOUND_BYTES_PER_S,
+                           self.inbound_dropped)
+            return False
+        self.inbound_budget.take(cost, now)
+        return True
+
+    # -- draining the buffer ------------------------------------------------------------------
+
+    def _fill_window(self, now: float) -> None:
+        while self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+            budget = min(ROWS_PER_PEEK, self.pace.available(now))
+            rows = self._peek(budget) if budget else []
+            if not rows:
+                return
+            rows = self._sendable(rows)  # quarantining moves the cursor past those
+            for topic, batch in _batches(rows):
+                if not self._publish_batch(topic, batch, now):
+                    return
+
+    def _peek(self, limit: int) -> list[Record]:
+        try:
+            return self.buffer.peek(limit, after_id=self.cursor)
+        except Exception as exc:  # noqa: BLE001 - the contract says never; a row must not kill us
+            self.log_store(logging.ERROR, "cannot read the buffer: %s", logs.external(repr(exc)))
+            return []
+
+    def _sendable(self, rows: list[Record]) -> list[Record]:
+        """`rows` without those that can never be published (quarantined here)."""
+        good = []
+        for row in rows:
+            reason = invalid_topic(row.topic) or _invalid_payload(row.payload)
+            if reason:
+                self._quarantine([row], reason)
+            else:
+                good.append(row)
+        return good
+
+    def _quarantine(self, rows: list[Record], reason: str) -> None:
+        self.buffer.quarantine([r.id for r in rows], reason)
+        self.cursor = max(self.cursor, rows[-1].id)
+        self.log_poison(logging.ERROR, "quarantined %d buffered record(s) from id %d: %s",
+                        len(rows), rows[0].id, logs.external(reason, 300))
+
+    def _publish_batch(self, topic: str, batch: list[Record], now: float) -> bool:
+        payload = b"\n".join(r.payload for r in batch)
+        if len(payload) > smartrest.MAX_PAYLOAD_BYTES:
+            self._quarantine(batch, f"{len(payload)} bytes exceed the "
+                             f"{smartrest.MAX_PAYLOAD_BYTES}-byte MQTT payload limit")
+            return True
+        try:
+            mid = self.connection.publish(topic, payload)
+        except NotConnected as exc:
+            self.last_error = f"publish failed: {exc}"
+            return False  # the Disconnected event follows
+        except Exception as exc:  # noqa: BLE001 - paho refuses this row: it never will take it
+            if len(batch) > 1:  # find the row at fault: one at a time
+                return all(self._publish_batch(topic, [row], now) for row in batch)
+            self._quarantine(batch, f"publish refused: {type(exc).__name__}: {exc}")
+            return True
+        self.inflight[mid] = [r.id for r in batch]
+        self.cursor = batch[-1].id
+        self.pace.take(len(batch), now)
+        return len(self.inflight) < WINDOW_PUBLISHES
+
+
+def _batches(rows: list[Record]):
+    """Consecutive rows of one topic, packed into payloads of at most the size limit.
+
+    A row that alone exceeds the limit comes out as a batch of its own (to be quarantined).
+    """
+    batch: list[Record] = []
+    size = 0
+    for row in rows:
+        fits = size + 1 + len(row.payload) <= smartrest.MAX_PAYLOAD_BYTES
+        if batch and (row.topic != batch[0].topic or not fits):
+            yield batch[0].topic, batch
+            batch, size = [], 0
+        batch.append(row)
+        size += len(row.payload) + (1 if len(batch) > 1 else 0)
+    if batch:
+        yield batch[0].topic, batch
+
+
+def _invalid_payload(payload) -> str | None:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return None
+    return f"the payload is {type(payload).__name__}, not bytes"
+
+
+def _timeout_for(state: str) -> float:
+    return CONNECT_TIMEOUT_S if state == "connecting" else REGISTER_TIMEOUT_S
+
+
+_HANDLERS = {
+    Connected: Session._on_connected,
+    ConnectFailed: Session._on_connect_failed,
+    Disconnected: Session._on_disconnected,
+    Published: Session._on_published,
+    Subscribed: Session._on_subscribed,
+    Message: Session._on_message,
+}
