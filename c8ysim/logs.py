@@ -8,7 +8,8 @@ the message (`\\n`, `\\r`, `\\t`, `\\x1b`, `\\u2028`, ...) and caps the line's l
 that reaches a log call - from the broker, a config file, an HTTP request - can start a
 line of its own (a forged `<0>` priority) or reach journald's line limit (whose overflow
 would lose its prefix). Only our own tracebacks span several lines, each with the prefix.
-External text is also cut short where it is logged: `external(text)`.
+External text is also cut short where it is logged: `external(text)`. A run of similar
+events is logged once per burst (`BurstLog`), a stream of them within a budget (`LineBudget`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
+from typing import Callable
 
 NOTICE = 25  # between INFO and WARNING: state changes worth seeing at `-p notice`
 logging.addLevelName(NOTICE, "NOTICE")
@@ -23,6 +26,7 @@ SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, NOTICE: 5, logging.WARNING
                    logging.ERROR: 3, logging.CRITICAL: 2}
 MAX_LINE_CHARS = 8192  # x 4 UTF-8 bytes stays under journald's LineMax (48 KiB)
 EXTERNAL_LIMIT_BYTES = 200
+BURST_QUIET_S = 60.0
 
 # C0, DEL, C1, and what str.splitlines() or a terminal also takes for a line break.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -96,6 +100,30 @@ class LineBudget:
         self.logger.log(level, message, *args)
         return True
 
+
+
+class BurstLog:
+    """Log once per burst: the first of a run of similar events is logged, the rest only
+    counted. A burst ends after `quiet_s` without such an event; the next one is logged
+    again, with the number of events that were kept quiet since the last line."""
+
+    def __init__(self, logger: logging.Logger, quiet_s: float = BURST_QUIET_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.logger, self.quiet_s, self.clock = logger, quiet_s, clock
+        self.last: float | None = None
+        self.quiet = 0
+
+    def __call__(self, level: int, message: str, *args) -> None:
+        now = self.clock()
+        in_burst = self.last is not None and now - self.last < self.quiet_s
+        self.last = now
+        if in_burst:
+            self.quiet += 1
+            return
+        if self.quiet:
+            message += f" ({self.quiet} similar events since the last report)"
+        self.logger.log(level, message, *args)
+        self.quiet = 0
 
 class SyslogPrefixFormatter(logging.Formatter):
     def __init__(self, source: str):

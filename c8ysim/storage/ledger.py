@@ -27,7 +27,7 @@ import os
 import zlib
 from pathlib import Path
 
-from c8ysim.storage.bursts import BurstLog
+from c8ysim import logs
 
 SLOT_BYTES = 4096
 SLOTS = 2
@@ -42,7 +42,7 @@ class Ledger:
         self.queued = self.lost = self.bypassed = 0
         self.seq = 0  # of the device state: each change numbered, in the store's meta too
         self.writes = 0  # slot to write next = writes % SLOTS
-        self.failures = BurstLog(log)
+        self.failures = logs.BurstLog(log)
         self._load()
 
     @classmethod

@@ -34,9 +34,8 @@ import random
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
-from c8ysim import backoff
+from c8ysim import backoff, logs
 from c8ysim.storage import BufferStats, Record, StorageConfigError
-from c8ysim.storage.bursts import BurstLog
 from c8ysim.storage.ledger import Ledger
 from c8ysim.storage.store import EMPTY, Counters, Item, Store, StoreError, user_meta
 
@@ -68,8 +67,8 @@ class Tier:
         self.depth = 0  # rows it holds: counted by the store on open and in every stats(),
         # followed in between by what this process appended and removed
         self.last_counters = EMPTY
-        self.errors = BurstLog(log)
-        self.drops = BurstLog(log)
+        self.errors = logs.BurstLog(log)
+        self.drops = logs.BurstLog(log)
 
     @property
     def readable(self) -> bool:
@@ -101,7 +100,7 @@ class TieredBuffer:
         self.clock, self.wall, self.rng = clock, wall, rng or random.Random()
         for index, tier in enumerate(self.tiers):
             tier.slot = index
-        self.moves = BurstLog(log)
+        self.moves = logs.BurstLog(log)
         self.taken: dict[int, int] = {}  # tier index -> last row id the latest peek gave
         self.next_replaced_check = 0.0
         for tier in reversed(self.tiers):  # newest first: a failure can name its fallback

@@ -30,7 +30,6 @@ from typing import Callable
 
 from c8ysim import backoff, logs
 from c8ysim.storage import Buffer, Record
-from c8ysim.storage.bursts import BurstLog
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.operations import Operations
 from c8ysim.uplink.pacing import TokenBucket
@@ -80,8 +79,8 @@ class Session:
                                             time.monotonic)
         self.operations = Operations(endpoint.client_id, buffer, self.note_inbound)
         self.inbound_dropped = 0  # s/ds, s/e messages dropped unread (too large, flood)
-        self.log_oversized, self.log_flood = BurstLog(log), BurstLog(log)
-        self.log_poison, self.log_store = BurstLog(log), BurstLog(log)
+        self.log_oversized, self.log_flood = logs.BurstLog(log), logs.BurstLog(log)
+        self.log_poison, self.log_store = logs.BurstLog(log), logs.BurstLog(log)
         self.state = "disconnected"
         self.connection: Connection | None = None
         self.generation = 0
