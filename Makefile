@@ -11,9 +11,11 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := run
 
 # Each area adds its targets and test prerequisites (TEST_DEPS) in a fragment of its own.
+# mk/apt.mk first: $(call apt_install,...), how every fragment installs Debian packages.
 TEST_DEPS :=
 TEST_EXTRA :=
--include mk/*.mk
+include mk/apt.mk
+-include $(filter-out mk/apt.mk,$(wildcard mk/*.mk))
 
 $(VENV_OK): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +23,12 @@ $(VENV_OK): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian packages: venv support for the Python in use, and mosquitto for the tests.
+# Debian packages: venv support for the Python in use (a pyenv Python has its own), and
+# mosquitto for the tests (unless one is there already, packaged or not).
 system-deps:
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
-	    { apt-get update -q && apt-get install -y -q python3-venv; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
-	    { apt-get update -q && apt-get install -y -q mosquitto; }
+	    $(call apt_install,mosquitto)
 
 run: system-deps $(VENV_OK)
 	@$(VENV)/bin/python -c 'import socket; socket.create_connection(("localhost", 1883), 1)' \

@@ -1,22 +1,17 @@
 # The arm64 (Raspberry Pi OS 64-bit = Debian 12 arm64) package test: tests/test_arm64.py runs an
-# arm64 bookworm root under qemu-user. arm64-deps installs what that needs, only if missing
-# (waits for the dpkg lock: other areas install in parallel), and registers qemu-aarch64 with
-# binfmt_misc where no init did (containers: binfmt-support's service is not started there).
+# arm64 bookworm root under qemu-user. arm64-deps installs what that needs (mk/apt.mk) and
+# registers qemu-aarch64 with binfmt_misc where no init did (containers: binfmt-support's
+# service is not started there).
 # The root itself is built and cached by the test under /var/cache/c8ysim-tests.
 
 ARM64_PACKAGES := qemu-user-static binfmt-support debootstrap
-ARM64_APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q
 ARM64_BINFMT := /proc/sys/fs/binfmt_misc
 
 .PHONY: arm64-deps
 TEST_DEPS += arm64-deps
 
 arm64-deps:
-	@missing=$$(for p in $(ARM64_PACKAGES); do \
-	    dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; \
-	    done); \
-	if [ -n "$$missing" ]; then \
-	    $(ARM64_APT_GET) update && $(ARM64_APT_GET) install -y --no-install-recommends $$missing; fi
+	@$(call apt_install,$(ARM64_PACKAGES),--no-install-recommends)
 	@test -e $(ARM64_BINFMT)/register || mount -t binfmt_misc binfmt_misc $(ARM64_BINFMT)
 	@grep -qx enabled $(ARM64_BINFMT)/qemu-aarch64 2>/dev/null || \
 	    /usr/sbin/update-binfmts --enable qemu-aarch64

@@ -14,10 +14,7 @@ TEST_DEPS += chaos-deps
 # gcc and the C library headers build tests/clockshift.c, the LD_PRELOAD library the wall-clock
 # scenario steps the agent's clock with (the host's clock is never touched).
 chaos-deps:
-	@command -v gcc >/dev/null 2>&1 && test -e /usr/include/time.h || { \
-	    apt-get -o DPkg::Lock::Timeout=600 update -q && \
-	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-	        --no-install-recommends gcc libc6-dev; }
+	@$(call apt_install,gcc libc6-dev,--no-install-recommends)
 
 chaos: system-deps chaos-deps $(VENV_OK)
 	C8YSIM_CHAOS=long C8YSIM_CHAOS_REPORT=$(CHAOS_REPORT) \

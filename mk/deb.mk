@@ -2,9 +2,6 @@
 # W:), `make pyz` (dist/c8ysim.pyz, the agent as one file for Debian's python3). deb-deps
 # installs the build tools and, for the package tests, Debian's own python3-* libraries.
 
-# This fragment is read before the Makefile's own rules: keep its default goal as it was.
-DEB_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
-
 DIST ?= dist
 DEB_BUILD_DIR ?= build/deb
 PYZ_BUILD_DIR ?= build/pyz
@@ -20,7 +17,6 @@ DEB_SOURCES := c8ysim debian doc systemd README.md pyproject.toml
 DEB_BUILD_PACKAGES := debhelper dh-python python3 lintian man-db
 DEB_TEST_PACKAGES := python3-paho-mqtt python3-yaml python3-bottle python3-sdnotify tzdata \
     procps mosquitto systemd-container debootstrap
-APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q
 
 .PHONY: deb lint pyz deb-deps clean-deb
 TEST_DEPS += deb-deps
@@ -56,16 +52,9 @@ pyz:
 	    --python=$(DEB_PYTHON) --output="$(DIST)/c8ysim.pyz"
 	chmod 0755 "$(DIST)/c8ysim.pyz"
 
-# Installs only what is missing (waits for the dpkg lock: other areas install in parallel).
 deb-deps:
-	@missing=$$(for p in $(DEB_BUILD_PACKAGES) $(DEB_TEST_PACKAGES); do \
-	    dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; \
-	    done); \
-	if [ -n "$$missing" ]; then \
-	    $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $$missing; fi
+	@$(call apt_install,$(DEB_BUILD_PACKAGES) $(DEB_TEST_PACKAGES),--no-install-recommends)
 
 clean: clean-deb
 clean-deb:
 	rm -rf "$(DEB_BUILD_DIR)" "$(PYZ_BUILD_DIR)"
-
-.DEFAULT_GOAL := $(DEB_SAVED_DEFAULT_GOAL)

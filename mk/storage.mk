@@ -7,12 +7,11 @@ TEST_DEPS += storage-deps
 
 # The tests start a throwaway cluster with initdb/pg_ctl from /usr/lib/postgresql/*/bin.
 # Debian's server package brings them and the `postgres` user the cluster runs as when the
-# tests run as root. (Set C8YSIM_TEST_PG_DSN to use an existing server instead.)
+# tests run as root. (Set C8YSIM_TEST_PG_DSN to use an existing server instead.) Any
+# version's initdb will do, whichever package brought it.
 storage-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	    apt-get -o DPkg::Lock::Timeout=600 update -q && \
-	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-	        --no-install-recommends postgresql; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	    $(call apt_install,postgresql,--no-install-recommends)
 
 # e.g. make bench BENCH_ARGS="--rows 100000 --repeat 3" or BENCH_ARGS="--rtt-ms 50"
 BENCH_ARGS ?=

@@ -7,11 +7,8 @@
 TEST_DEPS += systemd-deps
 
 systemd-deps:
-	@if [ "$$(id -u)" = 0 ] && { ! command -v systemd-nspawn >/dev/null 2>&1 || \
-	    ! command -v debootstrap >/dev/null 2>&1; }; then \
-	    apt-get update -q && apt-get install -y -q --no-install-recommends \
-	        systemd-container debootstrap; \
-	fi
+	@[ "$$(id -u)" != 0 ] || \
+	    $(call apt_install,systemd-container debootstrap,--no-install-recommends)
 
 systemd-test: systemd-deps $(VENV_OK)
 	$(VENV)/bin/python -m pytest tests/test_systemd.py $(PYTEST_ARGS)
