@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from c8ysim import config_checks as checks, sim
-from c8ysim.uplink import certs
+from c8ysim import certs, config_checks as checks
+from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
+from c8ysim.site import DeviceSpec, Site
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
-EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus
 MIN_INTERVAL_S = 0.1
 MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
 EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
@@ -123,7 +123,7 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class Config:
     path: str
-    site: sim.Site
+    site: Site
     cumulocity: CumulocityConfig | None
     storage: StorageConfig
     status: StatusConfig
@@ -346,9 +346,10 @@ class _Reader:
             "supervisor"))
         if "site" not in top:
             self.error(root, "missing required section 'site' (latitude, longitude, ...)")
-        log_level = self.value(top, "log_level", "config", str, "info", checks.check_log_level)
+        log_level = self.value(top, "log_level", "config", str, _default(Config, "log_level"),
+                               checks.check_log_level)
         devices = self.devices(top)
-        specs = tuple(sim.DeviceSpec(d.type, d.name, d.params) for d in devices)
+        specs = tuple(DeviceSpec(d.type, d.name, d.params) for d in devices)
         cumulocity = self.cumulocity(top)
         if cumulocity and cumulocity.tls and cumulocity.tls.cert_file:
             self.client_certificates(cumulocity.tls, devices)
@@ -371,10 +372,10 @@ class _Reader:
                                   checks.in_range(0.1, 3600)))
             for key in SupervisorConfig.__dataclass_fields__})
 
-    def site(self, top: dict) -> sim.Site:
+    def site(self, top: dict) -> Site:
         items = self.section(top, "site", ("latitude", "longitude", "timezone", "seed"))
-        household = self.params(top.get("household"), "household", sim.HOUSEHOLD_PARAMS)
-        return sim.Site(
+        household = self.params(top.get("household"), "household", HOUSEHOLD_PARAMS)
+        return Site(
             latitude=self.value(items, "latitude", "site", float, 52.52, checks.in_range(-90, 90)),
             longitude=self.value(items, "longitude", "site", float, 13.40,
                                  checks.in_range(-180, 180)),
@@ -396,7 +397,7 @@ class _Reader:
         items = self.section(top, "cumulocity", (
             "host", "port", "tls", "tenant", "user", "password", "password_file",
             "keepalive_s", "reconnect_max_s", "required_interval_min", "max_lines_per_s"))
-        where = "cumulocity"
+        where, default = "cumulocity", _DefaultsOf(CumulocityConfig)
         tls = self.tls(items.get("tls"))
         password = self.password(items)
         if tls is None or tls.cert_file is None:
@@ -412,13 +413,17 @@ class _Reader:
             tenant=self.value(items, "tenant", where, str, None),
             user=self.value(items, "user", where, str, None),
             password=password,
-            keepalive_s=self.value(items, "keepalive_s", where, int, 60, checks.in_range(5, 3600)),
+            keepalive_s=self.value(items, "keepalive_s", where, int, default.keepalive_s,
+                                   checks.in_range(5, 3600)),
             reconnect_max_s=self.value(
-                items, "reconnect_max_s", where, float, 300.0, checks.in_range(1, 86400)),
+                items, "reconnect_max_s", where, float, default.reconnect_max_s,
+                checks.in_range(1, 86400)),
             required_interval_min=self.value(
-                items, "required_interval_min", where, int, 10, checks.in_range(-32768, 32767)),
+                items, "required_interval_min", where, int, default.required_interval_min,
+                checks.in_range(-32768, 32767)),
             max_lines_per_s=float(self.value(
-                items, "max_lines_per_s", where, float, 100.0, checks.in_range(1, 100000))),
+                items, "max_lines_per_s", where, float, default.max_lines_per_s,
+                checks.in_range(1, 100000))),
         )
 
     def tls(self, node) -> TlsConfig | None:
@@ -517,7 +522,7 @@ class _Reader:
         items = self.section(top, "storage", (
             "backend", "path", "dsn", "max_records", "max_age_hours", "synchronous"))
         where, defaults = "storage", StorageConfig()
-        backend = self.value(items, "backend", where, str, "sqlite",
+        backend = self.value(items, "backend", where, str, defaults.backend,
                              checks.one_of("sqlite", "postgres"))
         dsn = self.value(items, "dsn", where, str, None)
         if dsn and checks.dsn_has_password(dsn):
@@ -536,13 +541,16 @@ class _Reader:
             max_age_hours=self.value(
                 items, "max_age_hours", where, float, defaults.max_age_hours, checks.positive),
             synchronous=self.value(
-                items, "synchronous", where, str, "normal", checks.one_of("normal", "full")),
+                items, "synchronous", where, str, defaults.synchronous,
+                checks.one_of("normal", "full")),
         )
 
     def status(self, top: dict) -> StatusConfig:
         items = self.section(top, "status", ("listen", "password_file"))
-        listen = self.value(items, "listen", "status", str, "127.0.0.1:8080", checks.check_listen)
-        host, port = checks.split_listen(listen or "127.0.0.1:8080")
+        default = StatusConfig()
+        default_listen = f"{default.host}:{default.port}"
+        listen = self.value(items, "listen", "status", str, default_listen, checks.check_listen)
+        host, port = checks.split_listen(listen or default_listen)
         password_file = self.value(items, "password_file", "status", str, None,
                                    checks.readable_file)
         password = None
@@ -582,17 +590,17 @@ class _Reader:
 
     def device(self, node) -> DeviceConfig | None:
         items = self.mapping(node, "a device", ("name", "type", "interval_s", "external_id")
-                             + tuple(sim.KINDS))
+                             + tuple(KINDS))
         name = self.value(items, "name", "device", str, check=checks.check_device_name)
-        kind = self.value(items, "type", "device", str, check=checks.one_of(*sim.KINDS))
+        kind = self.value(items, "type", "device", str, check=checks.one_of(*KINDS))
         interval = self.value(items, "interval_s", "device", float, 10.0,
                               checks.in_range(MIN_INTERVAL_S, 86400))
         external_id = self.value(items, "external_id", "device", str,
                                  f"c8ysim-{name}", checks.check_external_id)
-        for other in sim.KINDS:
+        for other in KINDS:
             if other in items and other != kind:
                 self.error(items[other], f"'{other}:' parameters on a device of type '{kind}'")
-        params = self.params(items.get(kind), f"device.{kind}", sim.PARAMS.get(kind, {}))
+        params = self.params(items.get(kind), f"device.{kind}", KINDS[kind].params if kind in KINDS else {})
         if name is None or kind is None:
             return None
         self._device_nodes.setdefault(name, items.get("external_id", node))
@@ -660,6 +668,21 @@ def _suggest(key: str, allowed) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"{hint} (allowed: {', '.join(allowed)})"
+
+
+class _DefaultsOf:
+    """The field defaults of a config dataclass whose required fields have none
+    (`_DefaultsOf(CumulocityConfig).keepalive_s`): each default is written once, there."""
+
+    def __init__(self, cls):
+        self._cls = cls
+
+    def __getattr__(self, name: str):
+        return _default(self._cls, name)
+
+
+def _default(cls, name: str):
+    return cls.__dataclass_fields__[name].default
 
 
 def _default_state_dir() -> str:

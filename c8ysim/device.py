@@ -18,8 +18,8 @@ import signal
 import socket
 import time
 
-from c8ysim import __version__, sim
-from c8ysim.config import EX_CONFIG, Config, DeviceConfig
+from c8ysim import __version__, exits, sim
+from c8ysim.config import Config, DeviceConfig
 from c8ysim.storage import Buffer, StorageConfigError, open_buffer
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.session import Registration, Session
@@ -30,8 +30,6 @@ MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
 MODEL_STATE_KEY = "model.state"
 DEVICE_TYPES = {"pv": "c8ysim_PvInverter", "heatpump": "c8ysim_HeatPump",
                 "grid": "c8ysim_GridMeter"}
-EXIT_OK, EXIT_FAILURE = 0, 1
-EXIT_RESTART = 75  # the device restarts itself for a c8y_Restart (states.EX_RESTART)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +91,7 @@ class Device:
                 if self.session.operations.restart_requested:
                     log.info("restarting the device for its c8y_Restart operation")
                     self.close()
-                    return EXIT_RESTART
+                    return exits.RESTART
             if now >= next_heartbeat:
                 self.send_heartbeat()
                 next_heartbeat = now + HEARTBEAT_INTERVAL_S
@@ -102,7 +100,7 @@ class Device:
                 log.error("the supervisor is gone; exiting")
                 self.running = False
         self.close()
-        return EXIT_OK
+        return exits.OK
 
     def _wait(self, seconds: float) -> None:
         timeout = min(max(seconds, 0.0), MAX_WAIT_S)
@@ -205,12 +203,12 @@ def run_child(config: Config, device_name: str, heartbeat: socket.socket | None,
         buffer = open_buffer(config.storage, device.name)
     except StorageConfigError as exc:  # e.g. psycopg2 missing: retrying cannot help
         log.error("%s", exc)
-        return EX_CONFIG
+        return exits.CONFIG
     except Exception as exc:  # noqa: BLE001 - any failure to open the store ends the child
         log.error("cannot open the buffer: %s", exc)
-        return EXIT_FAILURE
+        return exits.FAILURE
     try:
         return Device(config, device, buffer, heartbeat, parent_pid).run()
     except Exception:  # noqa: BLE001
         log.exception("device loop failed")
-        return EXIT_FAILURE
+        return exits.FAILURE

@@ -12,11 +12,10 @@ import os
 import sys
 import time
 
-from c8ysim import __version__, buffer_cli, config, diag, logs
+from c8ysim import __version__, buffer_cli, config, diag, exits, logs
 
 from c8ysim.status import cli as status_cli
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
 MAX_TOPIC_BYTES = 256  # Cumulocity's topics are short; MQTT allows 65 535, paho crashes on more
 
 
@@ -69,7 +68,7 @@ def _load_or_report(path: str) -> config.Config | None:
 def _check_config(args) -> int:
     path = config.config_path(args.path)
     if _load_or_report(path) is None:
-        return config.EX_CONFIG
+        return exits.CONFIG
     print(f"{path}: OK")
     return 0
 
@@ -79,7 +78,7 @@ def _run(args) -> int:
     logs.setup("info", "supervisor")  # the config's warnings are log lines (<4>) too
     cfg = _load_or_report(path)
     if cfg is None:
-        return config.EX_CONFIG
+        return exits.CONFIG
     logs.setup(cfg.log_level, "supervisor")
     # Import the device side here, before any fork: the children share these pages.
     from c8ysim import device, notify, supervisor
@@ -109,12 +108,12 @@ def _send_test(args) -> int:
 
     cfg = _load_or_report(config.config_path(args.config))
     if cfg is None:
-        return config.EX_CONFIG
+        return exits.CONFIG
     names = [d.name for d in cfg.devices]
     problem = _send_test_problem(args, names, MAX_PAYLOAD_BYTES)
     if problem:
         print(f"c8ysim send-test: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     _become_state_owner(cfg)
     try:
         buffer = open_buffer(cfg.storage, args.device, guest=True)
@@ -124,7 +123,7 @@ def _send_test(args) -> int:
             buffer.close()
     except (StoreError, StorageConfigError) as exc:
         print(f"c8ysim send-test: cannot queue the message: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     print(f"queued for {args.device} on {args.topic} ({len(args.message.encode())} bytes); "
           "it is sent as soon as the device is online")
     return 0
@@ -171,14 +170,14 @@ def _backfill(args) -> int:
 
     cfg = _load_or_report(config.config_path(args.config))
     if cfg is None:
-        return config.EX_CONFIG
+        return exits.CONFIG
     try:
         span_s = backfill.parse_span(args.since)
         device = cfg.device(args.device)
     except (ValueError, StopIteration) as exc:
         names = ", ".join(d.name for d in cfg.devices)
         print(f"c8ysim backfill: {exc or 'no such device'} (devices: {names})", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     _become_state_owner(cfg)
     now = time.time()
     readings = backfill.count(now - span_s, now, device.interval_s)
@@ -186,13 +185,13 @@ def _backfill(args) -> int:
         buffer = open_buffer(cfg.storage, device.name, guest=True)
     except StorageConfigError as exc:
         print(f"c8ysim backfill: {exc}", file=sys.stderr)
-        return config.EX_CONFIG
+        return exits.CONFIG
     try:
         return _backfill_into(buffer, cfg, device, args.since, span_s, now, readings)
     except StoreError as exc:
         print(f"c8ysim backfill: the buffer cannot take the readings ({exc}); what was "
               "queued before stays queued", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     finally:
         buffer.close()
 
@@ -209,7 +208,7 @@ def _backfill_into(buffer, cfg, device, since: str, span_s: float, now: float,
               f"{before.depth} rows are queued and storage.max_records is "
               f"{cfg.storage.max_records}, so the oldest would be dropped; choose a shorter "
               "--since or raise storage.max_records", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     history = backfill.readings(cfg.site, device.name, now - span_s, now, device.interval_s,
                                 load_model_state(buffer))
     lines = backfill.store(buffer, history, now)

@@ -3,7 +3,7 @@
 A device's process is STARTING from fork until its first heartbeat, RUNNING while it beats,
 STOPPING between TERM and its exit, BACKOFF while it waits to be restarted after a death,
 EXITED once it is gone on purpose, and FATAL when restarting cannot help: exit code 78
-(EX_CONFIG, bad configuration or credentials) or too many quick deaths within a window.
+(`exits.CONFIG`, bad configuration or credentials) or too many quick deaths within a window.
 FATAL lasts until the next reload.
 
 `next_state` decides; the supervisor feeds it events and carries out the returned action.
@@ -17,10 +17,8 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from c8ysim import backoff
+from c8ysim import backoff, exits
 
-EX_CONFIG = 78  # sysexits.h, as c8ysim.config.EX_CONFIG: the child says "never retry me"
-EX_RESTART = 75  # as c8ysim.device.EXIT_RESTART: the child ended itself for a c8y_Restart
 RESTART_BASE_S = 1.0  # first restart delay ceiling; doubles with each failure in a row
 RESTART_CAP_S = 60.0  # longest restart delay
 STABLE_RUN_S = 60.0  # a process that ran this long starts the backoff afresh when it dies
@@ -132,10 +130,10 @@ def next_state(state: ChildState, event: Event, now: float, history: tuple[Death
 
 def _after_death(now: float, history: tuple[Death, ...], code: int, ran_s: float,
                  policy: Policy, rng: random.Random) -> Step:
-    if code == EX_RESTART:  # asked for by an operation: respawn now, not a failure
+    if code == exits.RESTART:  # asked for by an operation: respawn now, not a failure
         return Step(S.STARTING, A.SPAWN, history=history, reason="restart operation")
     history = (history + (Death(now, ran_s, code),))[-MAX_DEATHS_KEPT:]
-    if code == EX_CONFIG:
+    if code == exits.CONFIG:
         return Step(S.FATAL, history=history,
                     reason="exit code 78 (configuration): not retried until reload")
     quick = quick_deaths(history, now, policy)

@@ -28,6 +28,7 @@ from typing import Callable
 
 from c8ysim import __version__, logs, processes, wallclock
 from c8ysim.config import Config, ConfigError
+from c8ysim.kinds import KINDS
 from c8ysim.notify import Notifier
 from c8ysim.states import IDLE, Action, ChildState, Death, Event, Policy, next_state
 from c8ysim.status.server import StatusServer
@@ -42,7 +43,6 @@ HISTORY_MIN_STEP_S = 5.0  # at most one kept reading per this many seconds
 HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 RESPAWN, REMOVE = "respawn", "remove"  # what follows a requested stop
-HOUSEHOLD_WIDE_TYPES = frozenset({"grid"})  # a grid meter's reading sums the other devices
 REBIND_EVERY_S = 5.0  # a lost status socket is bound again at most this often
 
 log = logging.getLogger(__name__)
@@ -563,7 +563,7 @@ def diff(old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
 
     def changed(name: str) -> bool:
         return (shared or old_devices[name] != new_devices[name]
-                or (household and new_devices[name].type in HOUSEHOLD_WIDE_TYPES))
+                or (household and KINDS[new_devices[name].type].site_wide))
 
     removed = [n for n in old_devices if n not in new_devices]
     changed_names = [n for n in old_devices if n in new_devices and changed(n)]

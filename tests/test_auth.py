@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from c8ysim import config
-from c8ysim.uplink.certs import CertificateError, common_name
+from c8ysim.certs import CertificateError, common_name
 from certs import (PASSWORD, USERNAME, Pki, Subscriber, TlsBroker, openssl, pki,  # noqa: F401
                    subscriber, tls_broker)
 from conftest import wait_until

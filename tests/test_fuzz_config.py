@@ -23,7 +23,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from c8ysim import config
+from c8ysim import config, exits
 from fuzzing import fuzz_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def _check_config(tmp_path: Path, data: bytes) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", list(CLI_CASES))
 def test_check_config_exits_78_without_traceback(tmp_path, name):
     result = _check_config(tmp_path, CLI_CASES[name].encode())
-    assert result.returncode == config.EX_CONFIG, (result.returncode, result.stderr)
+    assert result.returncode == exits.CONFIG, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines and all(re.match(r"^\S+:\d+: .+", line) for line in lines), result.stderr
@@ -236,13 +236,13 @@ def test_check_config_exits_78_without_traceback(tmp_path, name):
 
 def test_check_config_invalid_utf8_exits_78(tmp_path):
     result = _check_config(tmp_path, SAMPLE.encode()[:200] + b"\xff\xfe\x80" + b"\n")
-    assert result.returncode == config.EX_CONFIG, result.stderr
+    assert result.returncode == exits.CONFIG, result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_check_config_impossible_date_exits_78(tmp_path):
     result = _check_config(tmp_path, CRASHERS["impossible date"].encode())
-    assert result.returncode == config.EX_CONFIG and "Traceback" not in result.stderr, (
+    assert result.returncode == exits.CONFIG and "Traceback" not in result.stderr, (
         result.returncode, result.stderr[-500:])
 
 

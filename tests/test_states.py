@@ -4,11 +4,12 @@ quick deaths to FATAL, exit code 78 to FATAL at once, and a reload that retries.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from c8ysim import backoff, config
-from c8ysim.states import (EX_CONFIG, EX_RESTART, TABLE, Action, ChildState, Death, Event,
+from c8ysim import backoff, exits
+from c8ysim.states import (TABLE, Action, ChildState, Death, Event,
                           Policy, failures_in_a_row, next_state, quick_deaths)
 
 S, E, A = ChildState, Event, Action
@@ -74,13 +75,14 @@ def test_an_unasked_death_backs_off(state):
 
 @pytest.mark.parametrize("ran_s", [0.1, 30.0, 3600.0])
 def test_exit_code_78_is_fatal_at_once(ran_s):
-    step = next_state(S.RUNNING, E.DIED, NOW, code=EX_CONFIG, ran_s=ran_s, policy=POLICY)
+    step = next_state(S.RUNNING, E.DIED, NOW, code=exits.CONFIG, ran_s=ran_s, policy=POLICY)
     assert (step.state, step.action) == (S.FATAL, A.NONE)
     assert "78" in step.reason
 
 
-def test_ex_config_is_the_configs():
-    assert EX_CONFIG == config.EX_CONFIG == 78
+def test_the_unit_never_restarts_on_the_config_exit_code():
+    unit = (Path(__file__).resolve().parents[1] / "systemd/c8ysim.service").read_text()
+    assert f"RestartPreventExitStatus={exits.CONFIG}\n" in unit
 
 
 def test_killed_by_a_signal_is_an_ordinary_death():
@@ -166,6 +168,6 @@ def test_jitter_spreads_restarts():
 
 def test_a_restart_operation_exit_respawns_at_once_and_is_no_death():
     history = (Death(0.0, 1.0, 1),)
-    step = next_state(ChildState.RUNNING, Event.DIED, 5.0, history, code=EX_RESTART, ran_s=3.0)
+    step = next_state(ChildState.RUNNING, Event.DIED, 5.0, history, code=exits.RESTART, ran_s=3.0)
     assert (step.state, step.action) == (ChildState.STARTING, Action.SPAWN)
     assert step.history == history

@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from c8ysim import config as config_module
+from c8ysim import config as config_module, exits
 from c8ysim.status import app as http, cli as status_cli, html as status_html
 from c8ysim.status import metrics as status_metrics, view as status_view
 from c8ysim.status.app import build_app
@@ -503,7 +503,7 @@ def test_status_command_prints_a_table_and_json(loop, tmp_path):
 def test_status_command_says_clearly_when_the_agent_is_not_running(tmp_path):
     port = free_port()
     code, out, err = run_cli(write_config(tmp_path, free_port(), port))
-    assert code == status_cli.EXIT_NOT_RUNNING == 3 and out == ""
+    assert code == exits.NOT_RUNNING == 3 and out == ""
     assert f"c8ysim is not running (nothing answers on 127.0.0.1:{port})" in err
     code, _, err = run_cli(tmp_path / "missing.yaml")
     assert code == 78 and "cannot read the config file" in err
@@ -571,7 +571,7 @@ def test_status_command_sends_the_password_file_credentials(tmp_path, mosquitto,
     assert "st-pw-61c0e2" not in out + err
     secret.write_text("not-the-one\n")  # the agent keeps the password it loaded
     code, out, err = run_cli(config)
-    assert code == status_cli.EXIT_FAILURE and out == ""
+    assert code == exits.FAILURE and out == ""
     assert "answered 401" in err and "status.password_file" in err
     assert "not-the-one" not in err and "st-pw-61c0e2" not in err
 

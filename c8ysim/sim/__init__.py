@@ -1,11 +1,13 @@
 """Pure device models: what each simulated device measures at a given time.
 
-The public surface of the simulation, used by the device child and the config loader:
-the value types (`Site`, `DeviceSpec`, `Series`, `Alarm`, `Event`, `Reading`), the
-parameter catalogue (`PARAMS`, `HOUSEHOLD_PARAMS`) and `build_model()`.
+The public surface of the simulation, used by the device child and `c8ysim backfill`:
+the value types (`Site` and `DeviceSpec` from `c8ysim.site`; `Series`, `Alarm`, `Event`,
+`Reading`) and `build_model()`, which builds the model the device-type registry
+(`c8ysim.kinds`) names.
 
 Rules for everything under `c8ysim/sim/`: no clock reads, no I/O, no global `random`, no
-imports from the rest of the agent. A model is a pure function of time:
+imports from the rest of the agent but the two leaf modules of plain data (`c8ysim.kinds`,
+`c8ysim.site`). A model is a pure function of time:
 `step(state, t, dt) -> (state, reading)`; its noise is seeded from
 (site seed, device, time bucket) so any process can recompute any device at any time.
 
@@ -17,52 +19,12 @@ grid balance), energy (registers), alarms, devices (Readings and the Model class
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 
-KINDS = ("pv", "heatpump", "grid")
-
-# Tunable parameters per device kind, with defaults. The YAML may set any of these under
-# the device's own `<kind>:` mapping; config validation rejects other names.
-PARAMS: Mapping[str, Mapping[str, float]] = {
-    "pv": {"peak_kw": 5.0, "tilt_deg": 30.0, "azimuth_deg": 180.0, "inverter_kw": 4.6},
-    "heatpump": {"rated_kw": 3.0, "building_kwh_per_year": 12000.0},
-    "grid": {},
-}
-HOUSEHOLD_PARAMS: Mapping[str, float] = {"kwh_per_year": 4000.0}
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One configured device as the models see it: kind, name and its parameters."""
-
-    kind: str
-    name: str
-    params: tuple[tuple[str, float], ...] = ()
-
-    def param(self, key: str) -> float:
-        return dict(self.params).get(key, PARAMS[self.kind][key])
-
-
-@dataclass(frozen=True)
-class Site:
-    """The household every device belongs to: place, seed, load and all its devices."""
-
-    latitude: float
-    longitude: float
-    timezone: str
-    seed: int
-    household: tuple[tuple[str, float], ...] = ()
-    devices: tuple[DeviceSpec, ...] = ()
-
-    def household_param(self, key: str) -> float:
-        return dict(self.household).get(key, HOUSEHOLD_PARAMS[key])
-
-    def device(self, name: str) -> DeviceSpec:
-        for spec in self.devices:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
+from c8ysim.kinds import KINDS
+from c8ysim.site import DeviceSpec, Site
 
 
 @dataclass(frozen=True)
@@ -117,13 +79,18 @@ class Model(Protocol):
 
 
 def build_model(site: Site, device_name: str) -> Model:
-    """The model of the named device of `site` (KeyError: no such device; ValueError: kind)."""
-    from c8ysim.sim import devices
+    """The model of the named device of `site`, the class its kind names in the registry
+    (KeyError: no such device; ValueError: a kind the registry does not know)."""
+    from c8ysim.sim.household import Household
 
-    return devices.build(site, device_name)
+    spec = site.device(device_name)
+    kind = KINDS.get(spec.kind)
+    if kind is None:
+        raise ValueError(f"unknown device kind {spec.kind!r} for device {device_name!r}")
+    module, _, name = kind.model.partition(":")
+    return getattr(importlib.import_module(module), name)(Household(site), spec)
 
 
 __all__ = [
-    "KINDS", "PARAMS", "HOUSEHOLD_PARAMS", "DeviceSpec", "Site", "Series", "Alarm", "Event",
-    "Reading", "Model", "build_model",
+    "DeviceSpec", "Site", "Series", "Alarm", "Event", "Reading", "Model", "build_model",
 ]

@@ -1,7 +1,8 @@
 """Device models: turn a site snapshot into one device's Reading, state and alarms.
 
-Owns the Cumulocity view of each device (Reading.type, fragments, series, rounding) and
-the `Model` protocol implementation: `initial_state()` and `step(state, t, dt)`.
+Owns the Cumulocity view of each device (fragments, series, rounding; Reading.type is the
+kind's `c8y_type` in `c8ysim.kinds`, which also names these classes) and the `Model`
+protocol implementation: `initial_state()` and `step(state, t, dt)`.
 
 State (JSON-serialisable, persisted by the agent):
   {"registers": {"A+": kWh, "A-": kWh}, "alarms": [active alarm types]}, plus
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import math
 
-from c8ysim.sim import Alarm, DeviceSpec, Event, Reading, Series, Site
+from c8ysim.kinds import KINDS
+from c8ysim.sim import Alarm, DeviceSpec, Event, Reading, Series
 from c8ysim.sim.alarms import (CLIPPING_ALARM, DEFROST_EVENT, MAJOR, VOLTAGE_ALARM, WARNING,
                               read_active, transition)
 from c8ysim.sim.energy import advance, integrate_kwh, read_registers
@@ -70,10 +72,9 @@ def voltage_alarm(volts: float) -> Alarm | None:
 class DeviceModel:
     """Common step logic; subclasses say what the device measures."""
 
-    reading_type = "c8ysim_Device"
-
     def __init__(self, household: Household, spec: DeviceSpec):
         self.household, self.spec = household, spec
+        self.reading_type = KINDS[spec.kind].c8y_type
 
     def initial_state(self) -> dict:
         return {"registers": {"A+": 0.0, "A-": 0.0}, "alarms": []}
@@ -110,8 +111,6 @@ class DeviceModel:
 
 
 class PvModel(DeviceModel):
-    reading_type = "c8ysim_PvInverter"
-
     def meter_power_w(self, snap: Snapshot) -> float:
         return -snap.pv[self.spec.name].ac_w
 
@@ -141,8 +140,6 @@ class PvModel(DeviceModel):
 
 
 class HeatPumpModel(DeviceModel):
-    reading_type = "c8ysim_HeatPump"
-
     def initial_state(self) -> dict:
         return {**super().initial_state(), "defrost": False}
 
@@ -171,8 +168,6 @@ class HeatPumpModel(DeviceModel):
 
 
 class GridMeterModel(DeviceModel):
-    reading_type = "c8ysim_GridMeter"
-
     def meter_power_w(self, snap: Snapshot) -> float:
         return snap.grid_w
 
@@ -184,12 +179,3 @@ class GridMeterModel(DeviceModel):
                 energy_series(THREE_PHASE, "A+", registers["A+"]),
                 energy_series(THREE_PHASE, "A-", registers["A-"])]
 
-
-MODELS = {"pv": PvModel, "heatpump": HeatPumpModel, "grid": GridMeterModel}
-
-
-def build(site: Site, device_name: str) -> DeviceModel:
-    spec = site.device(device_name)
-    if spec.kind not in MODELS:
-        raise ValueError(f"unknown device kind {spec.kind!r} for device {device_name!r}")
-    return MODELS[spec.kind](Household(site), spec)

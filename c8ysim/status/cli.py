@@ -15,11 +15,10 @@ import base64
 import json
 import sys
 
-from c8ysim import config
+from c8ysim import config, exits
 
 from c8ysim.status import view as sv
 
-EXIT_OK, EXIT_FAILURE, EXIT_NOT_RUNNING = 0, 1, 3
 TIMEOUT_S = 3.0
 COLUMNS = ("DEVICE", "TYPE", "STATE", "QUEUED", "OLDEST", "SENT", "DROPPED", "LOST", "POWER",
            "LAST ACK")
@@ -41,7 +40,7 @@ def run(args) -> int:
         cfg = config.load(path)
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
-        return config.EX_CONFIG
+        return exits.CONFIG
     import urllib.error  # here, not at the top: `c8ysim run` would pay ~16 ms for it
     import urllib.request
 
@@ -58,18 +57,18 @@ def run(args) -> int:
                     " (the status page asks for credentials: set status.password_file)")
         print(f"c8ysim status: {address} answered {exc.code} {exc.reason}{hint}",
               file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"c8ysim is not running (nothing answers on {address}): "
               f"{getattr(reason, 'strerror', None) or reason}\n"
               "start it with: systemctl start c8ysim", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return exits.NOT_RUNNING
     except ValueError:
         print(f"c8ysim status: {address} did not answer with c8ysim's JSON", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     print(json.dumps(view, indent=2) if args.json else render(view))
-    return EXIT_OK
+    return exits.OK
 
 
 def render(view: dict) -> str:
