@@ -13,7 +13,7 @@ DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILES = c8ysim_$(DEB_VERSION)_all.deb c8ysim_$(DEB_VERSION)_$(DEB_ARCH).buildinfo \
     c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes
 # What the package is built from (no venvs, caches or test output).
-DEB_SOURCES := c8ysim debian doc systemd README.md pyproject.toml
+DEB_SOURCES := c8ysim debian docs/c8ysim.8 systemd README.md pyproject.toml
 DEB_BUILD_PACKAGES := debhelper dh-python python3 lintian man-db
 DEB_TEST_PACKAGES := python3-paho-mqtt python3-yaml python3-bottle python3-sdnotify tzdata \
     procps mosquitto systemd-container debootstrap

@@ -90,7 +90,7 @@ def system_python(*argv, **kwargs) -> subprocess.CompletedProcess:
 def test_one_version_everywhere():
     changelog = (REPO / "debian/changelog").read_text().split("\n", 1)[0]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    man = (REPO / "doc/c8ysim.8").read_text()
+    man = (REPO / "docs/c8ysim.8").read_text()
     assert changelog.startswith(f"c8ysim ({__version__}) ")
     assert pyproject["project"]["version"] == __version__
     assert f'"c8ysim {__version__}"' in man
@@ -148,7 +148,7 @@ def test_man_page_covers_every_command():
 
     parser = main._parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    man = (REPO / "doc/c8ysim.8").read_text().replace("\\-", "-")
+    man = (REPO / "docs/c8ysim.8").read_text().replace("\\-", "-")
     assert [c for c in commands.choices if f".B {c}" not in man] == []
 
 
