@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from c8ysim import __version__, config, diag
+from c8ysim import __version__, config, diag, exits
 from c8ysim.storage import open_buffer
 from conftest import REPO, Mosquitto, Recorder, free_port, port_open, wait_until, write_config
 
@@ -177,7 +177,7 @@ def test_pyz_runs_on_debian_python(pyz, tmp_path):
     bad.write_text("site: {latitude: 91}\n")
     refused = subprocess.run([str(pyz), "check-config", str(bad)], env=PLAIN_ENV,
                              capture_output=True, text=True, timeout=30)
-    assert refused.returncode == config.EX_CONFIG, refused
+    assert refused.returncode == exits.CONFIG, refused
     assert f"{bad}:1:" in refused.stderr
 
 
