@@ -83,9 +83,7 @@ def _shift_registers(reading: sim.Reading, last: sim.Reading, now: sim.Reading) 
 def rows(history: Iterable[sim.Reading], queued_at: float):
     """(topic, payload, created) rows for the buffer, in time order."""
     for reading in history:
-        lines = [smartrest.measurement(reading)]
-        lines += [smartrest.event(event, reading.time) for event in reading.events]
-        for line in lines:
+        for line in smartrest.reading_lines(reading):
             yield smartrest.UPSTREAM_TOPIC, line.encode(), queued_at
 
 

@@ -132,7 +132,7 @@ class Device:
         dt = max(0.0, t - last_t) if last_t is not None else 0.0
         state, reading = self.model.step(self.model_state, t, dt)
         self.model_state = {**state, "t": t}
-        rows = [(smartrest.UPSTREAM_TOPIC, line.encode(), t) for line in _lines(reading)]
+        rows = [(smartrest.UPSTREAM_TOPIC, line.encode(), t) for line in smartrest.reading_lines(reading)]
         self.buffer.put_many(rows, meta={MODEL_STATE_KEY: json.dumps(self.model_state)})
         self.last_reading = _summary(reading)
 
@@ -179,14 +179,6 @@ def _slot(t: float, interval_s: float) -> float:
 
 def _until_next_slot_s(interval_s: float) -> float:
     return interval_s - time.time() % interval_s
-
-
-def _lines(reading: sim.Reading) -> list[str]:
-    lines = [smartrest.measurement(reading)]
-    lines += [smartrest.alarm(alarm, reading.time) for alarm in reading.alarms_raised]
-    lines += [smartrest.clear_alarm(alarm_type) for alarm_type in reading.alarms_cleared]
-    lines += [smartrest.event(event, reading.time) for event in reading.events]
-    return lines
 
 
 def _summary(reading: sim.Reading) -> dict:

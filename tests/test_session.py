@@ -5,6 +5,7 @@ what a broker that never answers CONNECT is reported as."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import queue
@@ -18,13 +19,15 @@ import time
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from c8ysim import backoff
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
 from c8ysim.uplink.pacing import TokenBucket
 from c8ysim.uplink.session import Registration, Session
-from c8ysim.uplink import transport
+from c8ysim.uplink import session, transport
 from c8ysim.uplink.transport import Endpoint
 from conftest import free_port, wait_until, write_config
 from fault_proxy import FaultProxy
@@ -326,3 +329,37 @@ def test_connection_closed_right_after_connect_hints_at_tls(tmp_path):
     finally:
         driver.close()
         server.close()
+
+
+# --- packing publishes (pure) ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    id: int
+    topic: str
+    payload: bytes
+
+
+def test_pack_is_greedy_keeps_order_and_splits_on_topic():
+    rows = [Row(1, "s/us", b"aaaa"), Row(2, "s/us", b"bbb"), Row(3, "s/us", b"cc"),
+            Row(4, "s/us", b"d" * 12), Row(5, "other", b"e"), Row(6, "s/us", b"f")]
+    packed = [(topic, [r.id for r in batch]) for topic, batch in session.pack(rows, limit=8)]
+    assert packed == [("s/us", [1, 2]), ("s/us", [3]), ("s/us", [4]), ("other", [5]),
+                      ("s/us", [6])]
+    assert list(session.pack([])) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["s/us", "t"]), st.binary(max_size=40)), max_size=40),
+       st.integers(1, 120))
+def test_pack_respects_the_limit_order_and_greed(items, limit):
+    rows = [Row(i, topic, payload) for i, (topic, payload) in enumerate(items)]
+    result = list(session.pack(rows, limit))
+    assert [r for _, batch in result for r in batch] == rows
+    for topic, batch in result:
+        assert batch and all(r.topic == topic for r in batch)
+        joined = b"\n".join(r.payload for r in batch)
+        assert len(joined) <= limit or (len(batch) == 1 and len(batch[0].payload) > limit)
+    for (topic, before), (next_topic, after) in zip(result, result[1:]):
+        if topic == next_topic:  # greedy: the next row did not fit
+            assert len(b"\n".join(r.payload for r in [*before, after[0]])) > limit

@@ -316,7 +316,7 @@ class Session:
             if not rows:
                 return
             rows = self._sendable(rows)  # quarantining moves the cursor past those
-            for topic, batch in _batches(rows):
+            for topic, batch in pack(rows):
                 if not self._publish_batch(topic, batch, now):
                     return
 
@@ -366,15 +366,16 @@ class Session:
         return len(self.inflight) < WINDOW_PUBLISHES
 
 
-def _batches(rows: list[Record]):
-    """Consecutive rows of one topic, packed into payloads of at most the size limit.
+def pack(rows: list[Record], limit: int = smartrest.MAX_PAYLOAD_BYTES):
+    """(topic, batch): consecutive rows of one topic, greedily packed in order into payloads
+    of at most `limit` bytes once joined by newlines. The only packer of publishes.
 
     A row that alone exceeds the limit comes out as a batch of its own (to be quarantined).
     """
     batch: list[Record] = []
     size = 0
     for row in rows:
-        fits = size + 1 + len(row.payload) <= smartrest.MAX_PAYLOAD_BYTES
+        fits = size + 1 + len(row.payload) <= limit
         if batch and (row.topic != batch[0].topic or not fits):
             yield batch[0].topic, batch
             batch, size = [], 0

@@ -2,9 +2,9 @@
 
 Owns everything about the SmartREST text format and nothing about MQTT sessions:
 topic names, the CSV field quoting, one function per static template c8ysim publishes
-(100, 110, 114, 117, 201, 301-304, 306, 400, 500-503, 507), ISO 8601 timestamps,
-packing lines into payloads under the size limit, and the quote-aware parser for
-`s/ds` / `s/e` payloads (see docs/cumulocity-mqtt-reference.md §2.5, §3, §9).
+(100, 110, 114, 117, 201, 301-304, 306, 400, 500-503), a reading as its lines, ISO 8601
+timestamps, and the quote-aware parser for `s/ds` / `s/e` payloads (see the protocol
+reference, cumulocity-mqtt-reference.md in the shared docs, §2.5, §3, §9).
 
 Escaping (reference §3.1, §10.1). Upstream, a field containing `,` `"` CR LF TAB or
 leading/trailing whitespace is wrapped in double quotes and an embedded `"` is doubled
@@ -15,7 +15,9 @@ backslashes anywhere else are literal (`\\n` stays backslash + n). Hence
 `parse(line(id, *fields)) == [[str(id), *fields]]` for any text fields (trailing empties
 dropped). Text is encoded as UTF-8 with errors="replace" everywhere.
 
-Standard library only; imports nothing from the agent except the `c8ysim.sim` value types.
+Standard library only. Readings, alarms and events are read by their attributes (the
+`c8ysim.sim` value types, or anything shaped like them): this module imports nothing of the
+agent.
 """
 
 from __future__ import annotations
@@ -26,16 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
-from typing import Iterable, Iterator
-
-from c8ysim.sim import Alarm, Event, Reading
 
 UPSTREAM_TOPIC = "s/us"
 OPERATIONS_TOPIC = "s/ds"
 ERRORS_TOPIC = "s/e"
 
 MAX_PAYLOAD_BYTES = 16000  # our limit per publish (thin-edge uses the same)
-PLATFORM_MAX_MESSAGE_BYTES = 16184  # Cumulocity hard limit, incl. MQTT fixed+variable header
 MAX_REASON_BYTES = 500  # failure reasons (502/507) are truncated to this many UTF-8 bytes
 
 ALARM_TEMPLATES = {"CRITICAL": 301, "MAJOR": 302, "MINOR": 303, "WARNING": 304}
@@ -110,6 +108,10 @@ def iso_time(epoch_s: float) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="replace")
+
+
 def _truncate(text: str | None, limit: int = MAX_REASON_BYTES) -> str:
     """`text` cut to at most `limit` UTF-8 bytes without splitting a character."""
     data = _encode(text or "")
@@ -163,12 +165,7 @@ def operation_successful(fragment: str, *params: object) -> str:
     return line(503, fragment, *params)
 
 
-def fail_executing(fragment: str | None, reason: str | None) -> str:
-    """507: every EXECUTING operation of `fragment` (all, if empty) -> FAILED."""
-    return line(507, fragment, _truncate(reason))
-
-
-def alarm(alarm: Alarm, time: float | None = None) -> str:
+def alarm(alarm, time: float | None = None) -> str:
     """301-304 by severity: type, text, time (None = server time; empty text = default)."""
     template = ALARM_TEMPLATES.get(alarm.severity.upper())
     if template is None:
@@ -181,12 +178,12 @@ def clear_alarm(type: str) -> str:
     return line(306, type)
 
 
-def event(event: Event, time: float | None = None) -> str:
+def event(event, time: float | None = None) -> str:
     """400: type, text, time (None = server time)."""
     return line(400, event.type, event.text, _time(time))
 
 
-def measurement(reading: Reading) -> str:
+def measurement(reading) -> str:
     """201: type, time, then fragment, series, value, unit for every series, in order.
     Raises ValueError for a reading without series (the platform rejects it)."""
     if not reading.series:
@@ -197,43 +194,18 @@ def measurement(reading: Reading) -> str:
     return line(201, *fields)
 
 
+def reading_lines(reading) -> list[str]:
+    """Everything one reading says, in order: its measurement (201), the alarms it raises
+    (301-304) and clears (306), and its events (400), all at the reading's time."""
+    lines = [measurement(reading)]
+    lines += [alarm(raised, reading.time) for raised in reading.alarms_raised]
+    lines += [clear_alarm(alarm_type) for alarm_type in reading.alarms_cleared]
+    lines += [event(happened, reading.time) for happened in reading.events]
+    return lines
+
+
 def _time(epoch_s: float | None) -> str | None:
     return None if epoch_s is None else iso_time(epoch_s)
-
-
-# --- payloads ------------------------------------------------------------------------------
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", errors="replace")
-
-
-def fits(text: str, limit: int = MAX_PAYLOAD_BYTES) -> bool:
-    """Whether one line can be published on its own within `limit` UTF-8 bytes."""
-    return len(_encode(text)) <= limit
-
-
-def join_lines(lines: Iterable[str]) -> bytes:
-    """One publish payload: the lines joined by "\\n" (no trailing newline), UTF-8."""
-    return _encode("\n".join(lines))
-
-
-def batches(lines: Iterable[str], limit: int = MAX_PAYLOAD_BYTES) -> Iterator[list[str]]:
-    """Greedily pack `lines`, in order, into lists whose `join_lines` is <= `limit` bytes.
-
-    A line that does not `fits()` on its own is yielded alone as a one-element list (never
-    merged, never split); callers should test `fits()` first and quarantine such lines."""
-    batch: list[str] = []
-    size = 0
-    for text in lines:
-        length = len(_encode(text))
-        if batch and size + 1 + length > limit:
-            yield batch
-            batch, size = [], 0
-        size = length if not batch else size + 1 + length
-        batch.append(text)
-    if batch:
-        yield batch
 
 
 # --- downstream parsing (s/ds, s/e) ------------------------------------------------------
@@ -305,12 +277,6 @@ def split_operations(payload: bytes | str) -> tuple[list[Operation], list[list[s
         else:
             operations.append(operation)
     return operations, rejected
-
-
-def parse_operations(payload: bytes | str) -> list[Operation]:
-    """The operations of an `s/ds` payload; rejected lines are dropped silently (use
-    `split_operations` to see them). Never raises."""
-    return split_operations(payload)[0]
 
 
 def _operation(fields: list[str]) -> Operation | None:
