@@ -46,7 +46,7 @@ def register(buffer) -> int:
 
 def check_now(buffer) -> None:
     """Let the buffer look at its files and retry its stores at its next call."""
-    buffer.next_replaced_check = 0.0
+    buffer.maintenance.next_replaced_check = 0.0
     for tier in buffer.tiers:
         tier.retry_at = 0.0
 

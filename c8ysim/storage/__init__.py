@@ -32,7 +32,7 @@ MISSING_DRIVER = ("storage.backend is postgres, but the PostgreSQL driver psycop
 class StorageConfigError(Exception):
     """The storage cannot work as configured (missing driver, file from a newer c8ysim).
 
-    Retrying does not help: the device should exit with EX_CONFIG (78).
+    Retrying does not help: the device should exit with `c8ysim.exits.CONFIG` (78).
     """
 
 
@@ -91,22 +91,24 @@ def open_buffer(storage, device_name: str, guest: bool = False) -> Buffer:
     memory overflow (its memory ends with the command), and the device's ledger is left
     alone (the device owns its state).
     """
-    from c8ysim.storage import sqlite, tiered
+    from c8ysim.storage import sqlite
     from c8ysim.storage.ledger import Ledger
     from c8ysim.storage.memory import MemoryStore
+    from c8ysim.storage.tier import Tier
+    from c8ysim.storage.tiered import TieredBuffer
 
-    local = tiered.Tier("SQLite buffer", lambda check: sqlite.open_store(
+    local = Tier("SQLite buffer", lambda check: sqlite.open_store(
         storage, device_name, tombstones=storage.backend == "postgres", check=check))
-    memory = tiered.Tier("in-memory overflow", lambda check: MemoryStore(
+    memory = Tier("in-memory overflow", lambda check: MemoryStore(
         min(MEMORY_MAX_ROWS, storage.max_records)), durable=False)
     tiers = [local] if guest else [local, memory]
     ledger = None if guest else Ledger.beside(storage, device_name)
     if storage.backend != "postgres":
-        return tiered.TieredBuffer(tiers, backend="sqlite", ledger=ledger)
+        return TieredBuffer(tiers, backend="sqlite", ledger=ledger)
     try:
         from c8ysim.storage import postgres
     except ImportError as exc:
         raise StorageConfigError(MISSING_DRIVER) from exc
     local.label = "SQLite fallback"
-    remote = tiered.Tier("PostgreSQL", lambda check: postgres.open_store(storage, device_name))
-    return tiered.TieredBuffer([remote, *tiers], backend="postgres", ledger=ledger)
+    remote = Tier("PostgreSQL", lambda check: postgres.open_store(storage, device_name))
+    return TieredBuffer([remote, *tiers], backend="postgres", ledger=ledger)

@@ -31,6 +31,7 @@ from c8ysim import logs
 
 SLOT_BYTES = 4096
 SLOTS = 2
+META_SEQ_KEY = "buffer.meta_seq"  # the store's meta key for its device state's `seq`
 
 log = logging.getLogger(__name__)
 
