@@ -1,21 +1,19 @@
 """`c8ysim buffer stats`: each device's queue, read straight from its SQLite file and ledger.
 
-Opens the files read-only (SQLite's WAL lets this run beside the daemon) and changes
-nothing: no migration, no recovery, no moving of corrupt files — that is the daemon's job.
+Reads the files read-only (`c8ysim.storage.sqlite_schema`'s views; SQLite's WAL lets this
+run beside the daemon) and changes nothing: no migration, no recovery, no moving of corrupt
+files — that is the daemon's job.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
-import time
 from pathlib import Path
 
 from c8ysim import config
+from c8ysim.storage import sqlite_schema
 from c8ysim.storage.ledger import Ledger
-from c8ysim.storage.sqlite import store_path
-from c8ysim.storage.store import DROPPED_KEY
 
 EXIT_OK, EXIT_USAGE = 0, 2
 BUSY_TIMEOUT_S = 5.0
@@ -41,7 +39,7 @@ def run_stats(args) -> int:
         print("c8ysim buffer stats reads SQLite buffers; with PostgreSQL use "
               "`c8ysim status` (the running agent's view)", file=sys.stderr)
         return EXIT_USAGE
-    rows = {d.name: {**device_stats(store_path(cfg.storage, d.name)),
+    rows = {d.name: {**device_stats(sqlite_schema.store_path(cfg.storage, d.name)),
                      "lost": Ledger.beside(cfg.storage, d.name).lost} for d in cfg.devices}
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
     return EXIT_OK
@@ -51,24 +49,9 @@ def device_stats(path: str) -> dict:
     if not Path(path).exists():
         return {"error": "no buffer yet (the device has not run)"}
     try:
-        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
-                             timeout=BUSY_TIMEOUT_S)
-        try:
-            return _query(db)
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
+        return sqlite_schema.queue_stats(path, BUSY_TIMEOUT_S)
+    except sqlite_schema.READ_ERRORS as exc:
         return {"error": f"cannot read {path}: {exc}"}
-
-
-def _query(db: sqlite3.Connection) -> dict:
-    depth, oldest = db.execute("SELECT count(*), min(created) FROM outbox").fetchone()
-    dropped = db.execute("SELECT value FROM meta WHERE key = ?", (DROPPED_KEY,)).fetchone()
-    quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    return {"queued": depth,
-            "oldest_age_s": round(time.time() - oldest, 1) if oldest is not None else None,
-            "dropped": int(dropped[0]) if dropped and dropped[0] else 0,
-            "quarantined": quarantined}
 
 
 def _table(rows: dict) -> str:

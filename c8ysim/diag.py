@@ -3,9 +3,10 @@
 Owns what goes into the bundle and that no secret does: the config file with every secret
 value replaced (passwords, tokens, keys, also inside a PostgreSQL DSN), the unit's recent
 journal, a listing of the state directory and the buffers' statistics (read-only, straight
-from the SQLite files with `sqlite3`: no c8ysim.storage, no writes), the status page if the
-agent answers, and the versions of c8ysim, Python and its libraries. Every part is best
-effort: what cannot be collected is named in summary.txt instead.
+from the SQLite files with `sqlite3`, through `c8ysim.storage.sqlite_schema.describe`: never
+the agent's write path, no writes), the status page if the agent answers, and the versions
+of c8ysim, Python and its libraries. Every part is best effort: what cannot be collected is
+named in summary.txt instead.
 
 Secrets are removed three times over: from the parsed YAML (every value under a key that
 looks like a secret, whatever its form), by rules on the text (for a file YAML cannot
@@ -19,7 +20,6 @@ import io
 import json
 import os
 import re
-import sqlite3
 import stat
 import sys
 import time
@@ -28,6 +28,7 @@ from pathlib import Path
 from c8ysim import __version__, config
 from c8ysim import config_checks as checks
 from c8ysim.config_checks import is_secret_key
+from c8ysim.storage import sqlite_schema
 
 # tarfile, subprocess, urllib.request, platform and importlib.metadata are imported where
 # they are used: `c8ysim run` imports this module, and they would add ~40 ms to its start.
@@ -373,12 +374,13 @@ def buffer_stats(state_dir: str, summary: list[str]) -> dict:
         summary.append(f"buffers: cannot read {state_dir} (run diag as root?)")
         return {}
     try:
-        names = sorted(e.name for e in os.scandir(state_dir) if e.name.endswith(".sqlite3"))
+        names = sorted(e.name for e in os.scandir(state_dir)
+                       if sqlite_schema.device_of(e.name) is not None)
     except OSError as exc:
         summary.append(f"buffers: cannot list {state_dir}: {exc}")
         return {}
     summary.append(f"buffers: {len(names)} SQLite file(s) in {state_dir}")
-    return {name[:-len(".sqlite3")]: _one_buffer(Path(state_dir, name)) for name in names}
+    return {sqlite_schema.device_of(name): _one_buffer(Path(state_dir, name)) for name in names}
 
 
 def _one_buffer(path: Path) -> dict:
@@ -399,27 +401,12 @@ def _one_buffer(path: Path) -> dict:
     except OSError:
         pass
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                             timeout=COMMAND_TIMEOUT_S)
-    except (sqlite3.Error, OSError, ValueError) as exc:
+        found = sqlite_schema.describe(path, COMMAND_TIMEOUT_S)
+    except sqlite_schema.READ_ERRORS as exc:
         return {**stats, "error": str(exc)}
-    try:
-        stats.update(_queries(db))
-    except sqlite3.Error as exc:
-        stats["error"] = str(exc)
-    finally:
-        db.close()
-    return stats
-
-
-def _queries(db: sqlite3.Connection) -> dict:
-    depth, oldest = db.execute("SELECT count(*), min(created) FROM outbox").fetchone()
-    meta = {key: value if value is None else str(value)[:META_VALUE_MAX_CHARS]
-            for key, value in db.execute("SELECT key, value FROM meta ORDER BY key")}
-    return {"schema_version": db.execute("PRAGMA user_version").fetchone()[0],
-            "outbox_rows": depth,
-            "oldest_age_s": round(time.time() - oldest, 1) if oldest is not None else None,
-            "meta": meta}
+    found["meta"] = {key: value if value is None else str(value)[:META_VALUE_MAX_CHARS]
+                     for key, value in found["meta"].items()}
+    return {**stats, **found}
 
 
 def _status_page(cfg: config.Config, summary: list[str]) -> str | None:

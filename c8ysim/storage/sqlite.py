@@ -4,7 +4,8 @@ It is the default backend's durable tier and the local fallback of the PostgreSQ
 WAL with `synchronous=NORMAL` by default: a power cut can lose the last transactions that
 were not yet checkpointed to the main file, but never corrupts it; `storage.synchronous:
 full` fsyncs every commit and loses nothing committed (on an SD card: ~100-500 commits/s,
-one per device tick, so affordable). The schema version lives in `PRAGMA user_version`.
+one per device tick, so affordable). The file's name, schema (its version in `PRAGMA
+user_version`) and migrations are in `c8ysim.storage.sqlite_schema`; they run at open.
 Ids are AUTOINCREMENT, assigned by SQLite inside the writer's transaction, so they never
 repeat (even after the queue empties) and rows of several processes appending to the same
 file (the daemon, `c8ysim backfill`) never collide. The queue's depth and size are kept in
@@ -29,11 +30,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from c8ysim.storage import Record, StorageConfigError
+from c8ysim.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, store_path
 from c8ysim.storage.store import (
     DROPPED_KEY, INTERNAL_META_PREFIX, AgeSweep, Counters, Item, Limits, StoreError,
     user_meta)
 
-SCHEMA_VERSION = 3
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 PAGE_CACHE_KIB = 256  # per device; SQLite's default is 2 MiB
 BUSY_TIMEOUT_S = 2.0
@@ -43,45 +44,6 @@ VACUUM_PAGES_PER_STEP = 2048  # 8 MiB per step keeps the pause short
 SQLITE_HEADER = b"SQLite format 3\0"  # the first bytes of every database file
 CONVERT_MAX_ROWS = 10_000  # an old file is rebuilt for incremental vacuum only while small
 IDS_PER_STATEMENT = 500
-
-CREATE_TABLES = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL,
-    reason TEXT NOT NULL,
-    moved REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
-# v2: meta.value may be NULL: a deletion the fallback remembers until PostgreSQL has it.
-V1_TO_V2 = """
-CREATE TABLE meta_v2 (key TEXT PRIMARY KEY, value TEXT);
-INSERT INTO meta_v2 SELECT key, value FROM meta;
-DROP TABLE meta;
-ALTER TABLE meta_v2 RENAME TO meta;
-"""
-# v3: the depth and size of the queue, kept by triggers for every writing process.
-V2_TO_V3 = """
-CREATE TABLE counts (depth INTEGER NOT NULL, bytes INTEGER NOT NULL);
-INSERT INTO counts SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox;
-CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
-    UPDATE counts SET depth = depth + 1, bytes = bytes + length(NEW.payload); END;
-CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
-    UPDATE counts SET depth = depth - 1, bytes = bytes - length(OLD.payload); END;
-"""
-MIGRATIONS = {  # from user_version -> SCHEMA_VERSION
-    0: CREATE_TABLES + V2_TO_V3,
-    1: V1_TO_V2 + V2_TO_V3,
-    2: V2_TO_V3,
-}
 
 REASONS = {
     sqlite3.SQLITE_FULL: "disk full",
@@ -109,10 +71,6 @@ class SqliteError(StoreError):
     @property
     def corrupt(self) -> bool:
         return self.code in CORRUPT_CODES
-
-
-def store_path(storage, device_name: str) -> str:
-    return str(Path(storage.path) / f"{device_name}.sqlite3")
 
 
 def open_store(storage, device_name: str, tombstones: bool = False,
