@@ -4,7 +4,8 @@
 parallel runs do not share build output. The pyz runs on Debian's own python3 and python3-*
 packages (paho-mqtt 1.6.1), not the venv; the .deb is inspected with dpkg-deb and, where
 systemd-nspawn works, installed, reloaded, upgraded and purged under a real systemd.
-`c8ysim diag` is checked for leaking no secret.
+`c8ysim diag` is checked for leaking no secret. The autopkgtest (debian/tests/smoke) runs there
+too: it passes on the installed package and fails when the service cannot serve.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -35,6 +37,8 @@ PLAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DEB_NAME = f"c8ysim_{__version__}_all.deb"
 MAKE_TIMEOUT_S = 300
 PACKAGED_CONFIG = REPO / "debian" / "c8ysim.yaml"
+SMOKE = REPO / "debian" / "tests" / "smoke"  # the autopkgtest (debian/tests/control)
+SMOKE_TIMEOUT_S = 120
 # pyproject.toml's dependencies -> the Debian 12 packages that provide them
 DEBIAN_NAMES = {"paho-mqtt": "python3-paho-mqtt", "PyYAML": "python3-yaml",
                 "bottle": "python3-bottle", "sdnotify": "python3-sdnotify"}
@@ -316,13 +320,7 @@ def test_deb_under_systemd_install_reload_upgrade_purge(deb, tmp_path, mosquitto
     with nspawn.Container(base, tmp_path / "box") as box:
         for package in (deb, newer):
             shutil.copy(package, box.root / "root" / package.name)
-        # The container shares the host's loopback: if someone else holds the default
-        # status port, preseed the conffile with a free one (dpkg keeps a preseeded file).
-        status_port = 8080
-        if port_open(status_port):
-            status_port = free_port()
-            box.write("etc/c8ysim.yaml", PACKAGED_CONFIG.read_text().replace(
-                "127.0.0.1:8080", f"127.0.0.1:{status_port}"))
+        status_port = _preseed_status_port(box)
         box.boot()
         _install_and_check(box, deb, status_port)
         recorder = Recorder(mosquitto.port)
@@ -333,6 +331,59 @@ def test_deb_under_systemd_install_reload_upgrade_purge(deb, tmp_path, mosquitto
         finally:
             recorder.close()
         _purge_and_check(box)
+
+
+def test_autopkgtest_smoke_passes_and_fails_when_the_service_cannot_serve(deb, tmp_path):
+    import nspawn
+
+    reason = nspawn.unavailable()
+    if reason:
+        pytest.skip(f"systemd-nspawn: {reason}")
+    control = (REPO / "debian/tests/control").read_text()
+    assert re.search(r"^Tests: smoke$", control, re.M) and os.access(SMOKE, os.X_OK)
+    with nspawn.Container(nspawn.rootfs(), tmp_path / "box") as box:
+        shutil.copy(deb, box.root / "root" / deb.name)
+        shutil.copy(SMOKE, box.root / "root/smoke")
+        status_port = _preseed_status_port(box)
+        box.boot()
+        _apt(box, "install", "--no-install-recommends", f"/root/{deb.name}")
+        passed = _smoke(box)
+        # autopkgtest fails a test that writes to stderr (control has no allow-stderr)
+        assert (passed.returncode, passed.stderr) == (0, ""), passed.stdout + passed.stderr
+        assert passed.stdout.splitlines()[-1] == "smoke: OK"
+        assert "/api/status: grid-meter, heatpump, pv-roof running, with readings" in \
+            passed.stdout, passed.stdout
+        # it leaves the service as it found it: running
+        assert box.run("systemctl", "is-active", "c8ysim").stdout.strip() == "active"
+
+        # Something else holds the status port (the container shares the host's loopback):
+        # the agent cannot serve, and the smoke test must fail, for that reason.
+        box.run("systemctl", "stop", "c8ysim")
+        with socket.create_server(("127.0.0.1", status_port)):
+            blocked = _smoke(box)
+        assert blocked.returncode not in (0, 77), blocked.stdout + blocked.stderr
+        assert "smoke: FAIL: the service did not start" in blocked.stderr, blocked.stderr
+        assert "Address already in use" in blocked.stderr, blocked.stderr
+
+        # the port free again, the same service passes again
+        again = _smoke(box)
+        assert (again.returncode, again.stderr) == (0, ""), again.stdout + again.stderr
+
+
+def _smoke(box) -> subprocess.CompletedProcess:
+    return box.run("/root/smoke", check=False, timeout_s=SMOKE_TIMEOUT_S)
+
+
+def _preseed_status_port(box) -> int:
+    """The status port the installed service will use. The container shares the host's
+    loopback: if someone else holds the default one, preseed the conffile with a free one
+    (dpkg keeps a preseeded file)."""
+    if not port_open(8080):
+        return 8080
+    status_port = free_port()
+    box.write("etc/c8ysim.yaml", PACKAGED_CONFIG.read_text().replace(
+        "127.0.0.1:8080", f"127.0.0.1:{status_port}"))
+    return status_port
 
 
 def _apt(box, *args: str):
