@@ -11,11 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from c8ysim import config
+from c8ysim import config, exits
 from c8ysim.storage import sqlite_schema
 from c8ysim.storage.ledger import Ledger
 
-EXIT_OK, EXIT_USAGE = 0, 2
 BUSY_TIMEOUT_S = 5.0
 COLUMNS = ("DEVICE", "QUEUED", "OLDEST", "DROPPED", "QUARANTINED", "LOST")
 
@@ -34,15 +33,15 @@ def run_stats(args) -> int:
         cfg = config.load(config.config_path(args.config))
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
-        return config.EX_CONFIG
+        return exits.CONFIG
     if cfg.storage.backend != "sqlite":
         print("c8ysim buffer stats reads SQLite buffers; with PostgreSQL use "
               "`c8ysim status` (the running agent's view)", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     rows = {d.name: {**device_stats(sqlite_schema.store_path(cfg.storage, d.name)),
                      "lost": Ledger.beside(cfg.storage, d.name).lost} for d in cfg.devices}
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
-    return EXIT_OK
+    return exits.OK
 
 
 def device_stats(path: str) -> dict:

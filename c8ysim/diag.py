@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from c8ysim import __version__, config
+from c8ysim import __version__, config, exits
 from c8ysim import config_checks as checks
 from c8ysim.config_checks import is_secret_key
 from c8ysim.storage import sqlite_schema
@@ -88,12 +88,12 @@ def run(args) -> int:
     except FileExistsError:
         print(f"c8ysim diag: {output} already exists (a file or a symbolic link); diag never "
               "overwrites one: remove it or choose another path with -o", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     except OSError as exc:
         print(f"c8ysim diag: cannot write {output}: {exc}", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     print(f"wrote {output}")
-    return 0
+    return exits.OK
 
 
 def collect(config_path: str) -> tuple[dict[str, str], list[str]]:
