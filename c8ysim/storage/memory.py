@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 
 class MemoryStore:
-    kind = "memory"
     alive = True
     lost_file = None
     fresh = False

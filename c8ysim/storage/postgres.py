@@ -109,8 +109,6 @@ def _reason(exc: psycopg2.Error) -> str:
 
 
 class PostgresStore:
-    kind = "postgres"
-    tombstones = False  # always the oldest tier: a deletion is a DELETE
     lost_file = None
     fresh = False
 

@@ -118,7 +118,6 @@ def move_aside(path: str, reason: str) -> str:
 
 
 class SqliteStore:
-    kind = "sqlite"
     lost_file: str | None = None  # where a corrupt file found at open was moved
     fresh = False  # a new or empty (truncated) file: whatever it held before is gone
 

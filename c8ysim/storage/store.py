@@ -72,7 +72,6 @@ class AgeSweep:
 
 
 class Store(Protocol):
-    kind: str  # "sqlite", "postgres" or "memory"
     alive: bool  # False once the connection is gone: reopen before using it again
     lost_file: str | None  # a file that was moved aside (corrupt) when this store opened
     fresh: bool  # its file was new or empty when it opened: what it held before is gone
