@@ -53,7 +53,10 @@ class Chain:
 
     def write(self, rows: list[Item], meta: dict[str, str | None]) -> bool:
         """Append to the first tier that takes the rows; False when none does."""
-        return any(self.append(tier, rows, meta) for tier in self.writable_after_newest())
+        for tier in self.writable_after_newest():
+            if self.append(tier, rows, meta):
+                return True
+        return False
 
     def writable_after_newest(self, tiers: Sequence[Tier] | None = None) -> list[Tier]:
         """Working tiers (of `tiers`, all by default) at or after the newest one of them
