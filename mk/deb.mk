@@ -1,6 +1,7 @@
-# Packaging: `make deb` (dist/c8ysim_VERSION_all.deb), `make lint` (lintian, fails on any E: or
-# W:), `make pyz` (dist/c8ysim.pyz, the agent as one file for Debian's python3). deb-deps
-# installs the build tools and, for the package tests, Debian's own python3-* libraries.
+# Packaging: `make deb` (dist/c8ysim_VERSION_all.deb and the source package, .dsc and .tar.xz),
+# `make lint` (lintian on both, so on debian/tests too; fails on any E: or W:), `make pyz`
+# (dist/c8ysim.pyz, the agent as one file for Debian's python3). deb-deps installs the build
+# tools and, for the package tests, Debian's own python3-* libraries.
 
 DIST ?= dist
 DEB_BUILD_DIR ?= build/deb
@@ -11,7 +12,7 @@ DEB_PYTHON := /usr/bin/python3
 DEB_VERSION = $(shell awk -F'[()]' 'NR == 1 {print $$2}' debian/changelog)
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILES = c8ysim_$(DEB_VERSION)_all.deb c8ysim_$(DEB_VERSION)_$(DEB_ARCH).buildinfo \
-    c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes
+    c8ysim_$(DEB_VERSION)_$(DEB_ARCH).changes c8ysim_$(DEB_VERSION).dsc c8ysim_$(DEB_VERSION).tar.xz
 # What the package is built from (no venvs, caches or test output).
 DEB_SOURCES := c8ysim debian docs/c8ysim.8 systemd README.md pyproject.toml
 DEB_BUILD_PACKAGES := debhelper dh-python python3 lintian man-db
@@ -32,7 +33,7 @@ deb:
 	    tar -x -C "$(DEB_BUILD_DIR)/c8ysim-$(DEB_VERSION)"
 	cd "$(DEB_BUILD_DIR)/c8ysim-$(DEB_VERSION)" && \
 	    env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV PATH=$(DEB_PATH) \
-	    dpkg-buildpackage -us -uc -b
+	    dpkg-buildpackage -us -uc
 	cd "$(DEB_BUILD_DIR)" && mv $(DEB_FILES) "$(abspath $(DIST))/"
 	@ls -l "$(DIST)/c8ysim_$(DEB_VERSION)_all.deb"
 

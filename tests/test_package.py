@@ -107,6 +107,12 @@ def test_lintian_reports_no_error_and_no_warning(lint):
     assert not tags, tags
 
 
+def test_source_package_runs_the_autopkgtest(deb):
+    # dpkg-source adds the field for debian/tests/control; lintian checked the source too
+    dsc = (deb.parent / f"c8ysim_{__version__}.dsc").read_text()
+    assert re.search(r"^Testsuite: autopkgtest$", dsc, re.M), dsc
+
+
 def test_control_fields_and_depends_match_pyproject(deb):
     fields = dict(re.findall(r"^ (\w[\w-]*): (.*)$",
                              subprocess.check_output(["dpkg-deb", "--info", str(deb)], text=True),
