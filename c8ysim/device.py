@@ -20,6 +20,8 @@ import time
 
 from c8ysim import __version__, exits, sim
 from c8ysim.config import Config, DeviceConfig
+from c8ysim.heartbeat import Heartbeat
+from c8ysim.kinds import KINDS
 from c8ysim.storage import Buffer, StorageConfigError, open_buffer
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.session import Registration, Session
@@ -28,8 +30,6 @@ from c8ysim.uplink.transport import Endpoint
 HEARTBEAT_INTERVAL_S = 1.0
 MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
 MODEL_STATE_KEY = "model.state"
-DEVICE_TYPES = {"pv": "c8ysim_PvInverter", "heatpump": "c8ysim_HeatPump",
-                "grid": "c8ysim_GridMeter"}
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Device:
         self.model_state = load_model_state(buffer) or self.model.initial_state()
         self.session = self._build_session()
         self.last_reading: dict | None = None
+        self.units: dict | None = None
         self.running = True
 
     def _build_session(self) -> Session | None:
@@ -63,7 +64,7 @@ class Device:
             ca_file=tls.ca_file if tls else None, cert_file=tls.cert_file if tls else None,
             key_file=tls.key_file if tls else None)
         registration = Registration(
-            name=self.device.name, type=DEVICE_TYPES[self.device.type],
+            name=self.device.name, type=KINDS[self.device.type].c8y_type,
             serial=self.device.external_id, model=f"c8ysim {self.device.type}",
             revision=__version__, supported_operations=("c8y_Restart",),
             required_interval_min=c8y.required_interval_min)
@@ -135,22 +136,20 @@ class Device:
         rows = [(smartrest.UPSTREAM_TOPIC, line.encode(), t) for line in smartrest.reading_lines(reading)]
         self.buffer.put_many(rows, meta={MODEL_STATE_KEY: json.dumps(self.model_state)})
         self.last_reading = _summary(reading)
+        self.units = {f"{s.fragment}.{s.series}": s.unit for s in reading.series}
 
     def send_heartbeat(self) -> None:
         if self.heartbeat is None:
             return
         stats = self.buffer.stats(time.time())
-        beat = {
-            "pid": os.getpid(), "time": time.time(),
-            "queued": stats.depth, "oldest_queued_age_s": stats.oldest_age_s,
-            "dropped": stats.dropped, "quarantined": stats.quarantined, "lost": stats.lost,
-            "degraded": stats.degraded, "buffer_backend": stats.backend,
-            "last_reading": self.last_reading,
-            **(self.session.status() if self.session else
-               {"connection": "not_configured", "connected": False}),
-        }
+        beat = Heartbeat(
+            pid=os.getpid(), time=time.time(), queued=stats.depth,
+            oldest_queued_age_s=stats.oldest_age_s, dropped=stats.dropped,
+            quarantined=stats.quarantined, lost=stats.lost, degraded=stats.degraded,
+            buffer_backend=stats.backend, last_reading=self.last_reading, units=self.units,
+            **(self.session.status() if self.session else {}))
         try:
-            self.heartbeat.send(json.dumps(beat).encode())
+            self.heartbeat.send(beat.encode())
         except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):
             pass  # the supervisor is busy or gone; the next beat or the ppid check covers it
 

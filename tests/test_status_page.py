@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from c8ysim import config as config_module, exits
+from c8ysim.heartbeat import Heartbeat, Link
 from c8ysim.status import app as http, cli as status_cli, html as status_html
 from c8ysim.status import metrics as status_metrics, view as status_view
 from c8ysim.status.app import build_app
@@ -62,16 +64,21 @@ def history_of(kind: str, now: float, span_s: float = HOUR_S) -> list[dict]:
             for t in times]
 
 
+UNITS = {"voltage": "V", "current": "A", "P+": "W", "P-": "W", "A+": "kWh", "A-": "kWh",
+         "irradiance": "W/m2", "T": "C"}
+
+
 def device(name: str, kind: str, now: float, **extra) -> dict:
-    return {"name": name, "type": kind, "external_id": f"c8ysim-{name}", "state": "running",
-            "pid": 4242, "restarts": 0, "last_exit": None, "connection": "online",
-            "connected": True, "connected_since": now - 600, "inflight": 2, "sent": 1234,
-            "reconnects": 1, "last_ack": now - 1.5, "last_error": None, "queued": 3,
-            "oldest_queued_age_s": 2.5, "dropped": 0, "quarantined": 0, "lost": 0,
-            "inbound_dropped": 0, "inbound_ignored": 0,
-            "last_reading": reading(kind, now - 1, {"pv": 1200.0, "heatpump": 800.0,
-                                                    "grid": -300.0}[kind]),
-            **extra}
+    """One device of the supervisor's view: a heartbeat's fields and the supervisor's."""
+    last = reading(kind, now - 1, {"pv": 1200.0, "heatpump": 800.0, "grid": -300.0}[kind])
+    beat = Heartbeat(
+        pid=4242, time=now - 0.5, connection=Link.ONLINE, connected=True,
+        connected_since=now - 600, inflight=2, sent=1234, reconnects=1, last_ack=now - 1.5,
+        queued=3, oldest_queued_age_s=2.5, last_reading=last,
+        units={key: UNITS[key.partition(".")[2]] for key in last if key != "time"})
+    return {**dataclasses.asdict(beat), "name": name, "type": kind,
+            "external_id": f"c8ysim-{name}", "state": "running", "restarts": 0,
+            "last_exit": None, **extra}
 
 
 class Site:

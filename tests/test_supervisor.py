@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from c8ysim import config, supervisor
+from c8ysim.heartbeat import Heartbeat
 from c8ysim.states import ChildState
 from conftest import REPO, Agent, children_of, free_port, wait_until, write_config
 
@@ -256,7 +257,7 @@ def test_status_view_shapes():
     agent = supervisor.Supervisor(parse(BASE), None, None, config.load, None)
     now = time.monotonic()
     children = [supervisor.Child("pv-roof", ChildState.RUNNING, pid=42, restarts=2,
-                                 last_exit="exit code 1", beat={"connected": True}),
+                                 last_exit="exit code 1", beat=Heartbeat(connected=True)),
                 supervisor.Child("heatpump", ChildState.BACKOFF, next_start_at=now + 3),
                 supervisor.Child("grid-meter", ChildState.FATAL, last_exit="exit code 78")]
     agent.children = {c.name: c for c in children}

@@ -13,7 +13,6 @@ from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_DAY = 86400.0
 TROPICAL_YEAR_DAYS = 365.2422
 SECONDS_PER_DEGREE_LONGITUDE = 240.0  # the sun crosses 1 degree of longitude in 4 minutes

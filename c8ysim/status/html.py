@@ -16,6 +16,7 @@ import html
 import time
 from urllib.parse import urlencode
 
+from c8ysim.kinds import KINDS, Kind
 from c8ysim.status import view as sv
 
 REFRESH_S = 5
@@ -131,6 +132,7 @@ def cards(view: dict, histories: dict[str, list], now: float | None = None) -> s
 def data_page(view: dict, rows: list[tuple[str, dict]], form: dict, pager: dict) -> str:
     """The data view: `rows` (device, reading), newest first, already filtered and paged."""
     names = [d.get("name") for d in view.get("devices", [])]
+    units = {d.get("name"): d.get("units") or {} for d in view.get("devices", [])}
     options = "".join(_option(n, n, form["device"]) for n in [""] + names)
     windows = "".join(_option(key, label, form["window"])
                       for key, (label, _s) in form["windows"].items())
@@ -143,7 +145,7 @@ def data_page(view: dict, rows: list[tuple[str, dict]], form: dict, pager: dict)
             f'{options}</select></label><label>window<select name="window">{windows}'
             f'</select></label><button type="submit">Show</button>'
             f'<span>{csv_links}</span></form>'
-            f'{_pager(form, pager)}{_readings_table(rows)}{_pager(form, pager)}')
+            f'{_pager(form, pager)}{_readings_table(rows, units)}{_pager(form, pager)}')
     return _page("c8ysim data", view, body)
 
 
@@ -174,46 +176,46 @@ def _page(title: str, view: dict, body: str, script: bool = False) -> str:
 # -- index parts --------------------------------------------------------------------------
 
 def _summary(devices: list[dict], online: int) -> str:
-    site = sv.summary(devices)
-    grid = site["grid"]
-    grid_label = "grid" if grid is None else ("grid import" if grid >= 0 else "grid export")
     queued = sum(d.get("queued") or 0 for d in devices)
-    tiles = [("PV now", sv.fmt_power(site["pv"])),
-             ("heat pump now", sv.fmt_power(site["heatpump"])),
-             (grid_label + " now", sv.fmt_power(None if grid is None else abs(grid))),
-             ("devices online", f"{online}/{len(devices)}"),
-             ("queued", sv.fmt_count(queued))]
+    tiles = [_tile(KINDS[kind], watts) for kind, watts in sv.summary(devices).items()]
+    tiles += [("devices online", f"{online}/{len(devices)}"),
+              ("queued", sv.fmt_count(queued))]
     return '<section class="summary">' + "".join(
         f'<div class="tile"><span>{_e(label)}</span><b>{_e(value)}</b></div>'
         for label, value in tiles) + "</section>"
 
 
+def _tile(kind: Kind, watts: float | None) -> tuple[str, str]:
+    """(label, value) of a kind's share of the site: "grid export now", "300 W"."""
+    word = "" if watts is None else kind.tile_words[0 if watts >= 0 else 1]
+    label = f"{kind.tile} {word}".rstrip() + " now"
+    return label, sv.fmt_power(None if watts is None else abs(watts))
+
+
 def _card(device: dict, history: list, now: float) -> str:
     level, label = sv.health(device)
-    kind = device.get("type")
-    reading = device.get("last_reading")
+    type_name, reading = device.get("type"), device.get("last_reading")
+    kind = KINDS.get(type_name)
     buckets = sv.power_buckets(history, now, SPARK_SPAN_S, SPARK_POINTS)
-    if kind == "pv":  # an inverter's output reads best as a positive number
-        buckets = [(slot, -watts) for slot, watts in buckets]
+    if kind:  # as the kind reads best: an inverter's output positive
+        buckets = [(slot, kind.shown_power(watts)) for slot, watts in buckets]
     return (f'<article class="card {level}" data-device="{_e(device.get("name"))}">'
             f'<header><h2>{_e(device.get("name"))}</h2>'
-            f'<span class="kind">{_e(kind)} &middot; {_e(device.get("external_id"))}</span>'
+            f'<span class="kind">{_e(type_name)} &middot; {_e(device.get("external_id"))}</span>'
             f'<span class="badge">{_e(label)}</span></header>'
             f'<p class="power">{_power_phrase(kind, sv.power_w(reading))}</p>'
-            f'{sparkline(buckets)}{_facts(device, now)}{_reading_list(reading, now)}'
+            f'{sparkline(buckets)}{_facts(device, now)}'
+            f'{_reading_list(reading, device.get("units"), now)}'
             "</article>")
 
 
-def _power_phrase(kind: str | None, watts: float | None) -> str:
+def _power_phrase(kind: Kind | None, watts: float | None) -> str:
     if watts is None:
         return f'{sv.MISSING} <small>no reading yet</small>'
-    if kind == "pv":
-        return f'{_e(sv.fmt_power(-watts))} <small>generating</small>'
-    if kind == "grid":
-        word = "importing" if watts >= 0 else "exporting"
-        return f'{_e(sv.fmt_power(abs(watts)))} <small>{word}</small>'
-    word = "drawing" if watts >= 0 else "delivering"
-    return f'{_e(sv.fmt_power(abs(watts)))} <small>{word}</small>'
+    if kind is None:  # a device no longer in the config, on its way out
+        return _e(sv.fmt_power(watts))
+    shown = kind.shown_power(watts)
+    return f'{_e(sv.fmt_power(abs(shown)))} <small>{_e(kind.word(shown))}</small>'
 
 
 def _facts(device: dict, now: float) -> str:
@@ -228,8 +230,7 @@ def _facts(device: dict, now: float) -> str:
              ("dropped", sv.fmt_count(device.get("dropped"))),
              ("quarantined", sv.fmt_count(device.get("quarantined"))),
              ("lost", sv.fmt_count(device.get("lost"))),
-             ("reconnects", sv.fmt_count(device.get("reconnects_total",
-                                                    device.get("reconnects")))),
+             ("reconnects", sv.fmt_count(device.get("reconnects"))),
              ("restarts", sv.fmt_count(device.get("restarts"))),
              ("broker msgs dropped", sv.fmt_count(device.get("inbound_dropped"))),
              ("broker lines ignored", sv.fmt_count(device.get("inbound_ignored"))),
@@ -241,12 +242,12 @@ def _facts(device: dict, now: float) -> str:
     return f'<dl class="facts">{_pairs(facts)}</dl>'
 
 
-def _reading_list(reading: dict | None, now: float) -> str:
+def _reading_list(reading: dict | None, units: dict | None, now: float) -> str:
     if not reading:
         return f'<dl class="readings">{_pairs([("last reading", sv.MISSING)])}</dl>'
     items = [("reading at", sv.fmt_since(reading.get("time"), now))]
     items += [(label, sv.fmt_value(value, unit)) for label, unit, value in
-              sv.series_items(reading)]
+              sv.series_items(reading, units)]
     return f'<dl class="readings">{_pairs(items)}</dl>'
 
 
@@ -284,19 +285,20 @@ def sparkline(values: list[tuple[int, float]]) -> str:
 
 # -- data view parts ----------------------------------------------------------------------
 
-def _readings_table(rows: list[tuple[str, dict]]) -> str:
+def _readings_table(rows: list[tuple[str, dict]], units: dict[str, dict]) -> str:
     if not rows:
         return "<p>No readings in this window.</p>"
     head = ("<tr><th>time</th><th>device</th><th>power (+in/\u2212out)</th><th>voltage</th>"
             "<th>current</th>"
             "<th>energy in</th><th>energy out</th><th>other</th></tr>")
-    return f'<div class="scroll"><table>{head}{"".join(_row(n, r) for n, r in rows)}' \
-           f"</table></div>"
+    return f'<div class="scroll"><table>{head}' \
+           f'{"".join(_row(n, r, units.get(n)) for n, r in rows)}</table></div>'
 
 
-def _row(name: str, reading: dict) -> str:
+def _row(name: str, reading: dict, units: dict | None) -> str:
     energy = sv.energy_kwh(reading)
-    values = {label: sv.fmt_value(value, unit) for label, unit, value in sv.series_items(reading)}
+    values = {label: sv.fmt_value(value, unit)
+              for label, unit, value in sv.series_items(reading, units)}
     main = ("voltage", "current", "power in", "power out", "energy in", "energy out")
     other = ", ".join(f"{k} {v}" for k, v in values.items() if k not in main)
     cells = [sv.fmt_clock(reading["time"]), name, sv.fmt_power(sv.power_w(reading)),

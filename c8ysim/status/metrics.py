@@ -1,18 +1,19 @@
 """`GET /metrics`: the supervisor's view as Prometheus text exposition format 0.0.4.
 
 Built by hand (no prometheus_client at runtime): one HELP/TYPE block per family, one sample
-per device labelled `device="<name>"`. A value the heartbeat does not carry (an older child,
-no reading yet) is left out rather than reported as 0 or NaN.
+per device labelled `device="<name>"`. A value the view does not have yet (no beat, no
+reading) is left out rather than reported as 0 or NaN.
 """
 
 from __future__ import annotations
 
 import math
 
+from c8ysim.states import ChildState
 from c8ysim.status import view as status_view
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("starting", "running", "backoff", "stopping", "exited", "fatal")
+CHILD_STATES = tuple(state.value for state in ChildState)
 
 # (name, type, help, value of one device's status dict)
 DEVICE_FAMILIES = (
@@ -34,7 +35,7 @@ DEVICE_FAMILIES = (
      "Rows known lost with their buffer file (moved aside, deleted) or held in memory.",
      lambda d: d.get("lost")),
     ("c8ysim_reconnects_total", "counter", "MQTT reconnects (since the child started).",
-     lambda d: d.get("reconnects_total", d.get("reconnects"))),
+     lambda d: d.get("reconnects")),
     ("c8ysim_restarts_total", "counter", "Times the supervisor restarted the device's child "
      "(after a death or for a c8y_Restart).", lambda d: d.get("restarts")),
     ("c8ysim_inbound_dropped_total", "counter", "Broker messages (s/ds, s/e) dropped unread: "
@@ -60,7 +61,7 @@ def render(view: dict) -> str:
     lines += _family("c8ysim_device_state", "gauge", "1 for the supervisor's state of the "
                      "device's child process.",
                      [({"device": d.get("name"), "state": s}, int(d.get("state") == s))
-                      for d in devices for s in STATES])
+                      for d in devices for s in CHILD_STATES])
     for name, kind, text, value_of in DEVICE_FAMILIES:
         lines += _family(name, kind, text, [({"device": d.get("name")}, value_of(d))
                                             for d in devices])

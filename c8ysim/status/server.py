@@ -27,6 +27,8 @@ import time
 import traceback
 from urllib.parse import unquote_to_bytes
 
+from c8ysim import logs
+
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_HEADER_LINES = 100
 MAX_CLIENTS = 32
@@ -83,9 +85,6 @@ class StatusServer:
             self._drop(client)
         _unregister(self.selector, self.sock)
         self.sock.close()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def expire(self, now: float) -> None:
         """Drop clients past their deadline, resume a paused accept; once per loop turn."""
@@ -252,7 +251,7 @@ class StatusServer:
             self._problems[kind] = [next_at, suppressed + 1]
             return
         more = f" ({suppressed} more since the last report)" if suppressed else ""
-        log.error("%s%s", oneline(text), more)
+        log.error("%s%s", logs.one_line(text.strip(), MAX_LOG_CHARS), more)
         self._problems[kind] = [now + PROBLEM_LOG_EVERY_S, 0]
 
 
@@ -261,18 +260,11 @@ class _ErrorsToLog(io.TextIOBase):
 
     def write(self, text: str) -> int:
         if text.strip():
-            log.error("status page: %s", oneline(text))
+            log.error("status page: %s", logs.one_line(text.strip(), MAX_LOG_CHARS))
         return len(text)
 
     def writable(self) -> bool:
         return True
-
-
-def oneline(text: str) -> str:
-    """`text` as one printable line: control characters escaped, cut at MAX_LOG_CHARS."""
-    text = text.strip()
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:MAX_LOG_CHARS])
-    return escaped[:MAX_LOG_CHARS] + ("..." if len(text) > MAX_LOG_CHARS else "")
 
 
 def _environ(head: bytes, host: str, port: int) -> dict:

@@ -19,12 +19,12 @@ import math
 import time
 from typing import Iterator
 
+from c8ysim.kinds import KINDS
+
 ENERGY_FRAGMENT_SUFFIX = "EnergyMeasurement"
 READY_MAX_QUEUED = 10_000  # /readyz fails while any device has this many rows queued
-MISSING = "\u2014"  # shown where a value is unknown (older heartbeat, no reading yet)
-SERIES_UNITS = {"voltage": "V", "current": "A", "P+": "W", "P-": "W", "A+": "kWh", "A-": "kWh",
-                "T": "\u00b0C", "flowTemp": "\u00b0C", "cellTemp": "\u00b0C", "heatPower": "W",
-                "irradiance": "W/m\u00b2", "COP": ""}
+MISSING = "\u2014"  # shown where a value is unknown (no beat, no reading yet)
+UNIT_SYMBOLS = {"C": "\u00b0C", "W/m2": "W/m\u00b2"}  # as units read on a page
 SERIES_LABELS = {"voltage": "voltage", "current": "current", "P+": "power in",
                  "P-": "power out", "A+": "energy in", "A-": "energy out", "T": "temperature"}
 
@@ -71,14 +71,16 @@ def energy_kwh(reading: Reading | None) -> dict[str, float]:
     return {register: value for register, value in found.items() if value is not None}
 
 
-def series_items(reading: Reading | None) -> list[tuple[str, str, object]]:
-    """(label, unit, value) for every series of a reading, in its own order."""
+def series_items(reading: Reading | None, units: dict | None) -> list[tuple[str, str, object]]:
+    """(label, unit, value) for every series of a reading, in its own order; `units` is the
+    device's {key: unit} (its heartbeat's `units`)."""
     items = []
     for key, value in (reading or {}).items():
         if key == "time":
             continue
         series = key.partition(".")[2] or key
-        items.append((SERIES_LABELS.get(series, series), SERIES_UNITS.get(series, ""), value))
+        unit = (units or {}).get(key) or ""
+        items.append((SERIES_LABELS.get(series, series), UNIT_SYMBOLS.get(unit, unit), value))
     return items
 
 
@@ -160,16 +162,17 @@ def health(device: dict) -> tuple[str, str]:
 
 
 def summary(devices: list[dict]) -> dict[str, float | None]:
-    """Site power now (W): pv generation, heat pump draw, grid import (+) / export (-).
+    """Site power now (W) per device kind, as each kind shows it (`Kind.shown_power`: PV
+    generation positive, grid import + / export -), None for a kind without a reading.
 
     Only running devices count: a dead child's last reading is not "now"."""
-    totals: dict[str, float | None] = {"pv": None, "heatpump": None, "grid": None}
+    totals: dict[str, float | None] = dict.fromkeys(KINDS)
     for device in devices:
         if device.get("state") != "running":
             continue
-        kind, watts = device.get("type"), power_w(device.get("last_reading"))
-        if kind in totals and watts is not None:
-            totals[kind] = (totals[kind] or 0.0) + (-watts if kind == "pv" else watts)
+        kind, watts = KINDS.get(device.get("type")), power_w(device.get("last_reading"))
+        if kind and watts is not None:
+            totals[kind.name] = (totals[kind.name] or 0.0) + kind.shown_power(watts)
     return totals
 
 

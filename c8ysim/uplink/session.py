@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from c8ysim import backoff, logs
+from c8ysim.heartbeat import Link
 from c8ysim.storage import Buffer, Record
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.operations import Operations
@@ -81,7 +82,7 @@ class Session:
         self.inbound_dropped = 0  # s/ds, s/e messages dropped unread (too large, flood)
         self.log_oversized, self.log_flood = logs.BurstLog(log), logs.BurstLog(log)
         self.log_poison, self.log_store = logs.BurstLog(log), logs.BurstLog(log)
-        self.state = "disconnected"
+        self.state = Link.DISCONNECTED
         self.connection: Connection | None = None
         self.generation = 0
         self.failures = 0
@@ -102,13 +103,13 @@ class Session:
     # -- driven by the device loop ------------------------------------------------------
 
     def poll(self, now: float) -> None:
-        if self.state == "disconnected" and now >= self.retry_at:
+        if self.state == Link.DISCONNECTED and now >= self.retry_at:
             self._open(now)
-        elif self.state in ("connecting", "registering") and \
+        elif self.state in (Link.CONNECTING, Link.REGISTERING) and \
                 now - self.state_since > _timeout_for(self.state):
-            what = "CONNACK" if self.state == "connecting" else "answer to the registration"
+            what = "CONNACK" if self.state == Link.CONNECTING else "answer to the registration"
             self._fail(now, f"no {what} within {_timeout_for(self.state):.0f} s")
-        elif self.state == "online":
+        elif self.state == Link.ONLINE:
             if self.failures and now - self.state_since >= STABLE_AFTER_S:
                 self.failures = 0
             self._fill_window(now)
@@ -122,9 +123,9 @@ class Session:
 
     def wakeup_in(self, now: float) -> float | None:
         """Seconds until poll() has timed work to do (None: only events matter)."""
-        if self.state == "disconnected":
+        if self.state == Link.DISCONNECTED:
             return max(0.0, self.retry_at - now)
-        if self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+        if self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
             wait = self.pace.wait_s(now)
             return wait if wait > 0 else None
         return 1.0
@@ -133,13 +134,14 @@ class Session:
         if self.connection:
             self.connection.close()
             self.connection = None
-        self.state = "stopped"
+        self.state = Link.STOPPED
 
     def status(self) -> dict:
+        """The session's part of the device's heartbeat (`c8ysim.heartbeat.Heartbeat` fields)."""
         return {
-            "connection": "auth_failed" if self.auth_failed and self.state != "online"
+            "connection": Link.AUTH_FAILED if self.auth_failed and self.state != Link.ONLINE
             else self.state,
-            "connected": self.state == "online",
+            "connected": self.state == Link.ONLINE,
             "connected_since": self.connected_since,
             "inflight": sum(len(ids) for ids in self.inflight.values()),
             "sent": self.sent,
@@ -162,13 +164,13 @@ class Session:
         except TlsSetupError as exc:  # e.g. a certificate file being replaced right now
             self._fail(now, str(exc))
             return
-        self._enter("connecting", now)
+        self._enter(Link.CONNECTING, now)
         log.info("connecting to %s:%d as %s", self.endpoint.host, self.endpoint.port,
                  self.endpoint.client_id)
         self.connection.start()
 
     def _fail(self, now: float, reason: str, auth: bool = False) -> None:
-        was_online = self.state == "online"
+        was_online = self.state == Link.ONLINE
         if self.connection:
             self.connection.close()
             self.connection = None
@@ -184,13 +186,13 @@ class Session:
         self.subscriptions.clear()
         self.cursor = 0
         self.connected_since = None
-        self._enter("disconnected", now)
+        self._enter(Link.DISCONNECTED, now)
         if was_online:
             self.reconnects += 1
         level = logging.ERROR if auth else logging.WARNING
         log.log(level, "%s; reconnecting in %.1f s", reason, delay)
 
-    def _enter(self, state: str, now: float) -> None:
+    def _enter(self, state: Link, now: float) -> None:
         self.state, self.state_since = state, now
 
     def _send_session(self, payload: str, on_ack: Callable[[], None] | None = None) -> None:
@@ -214,7 +216,7 @@ class Session:
             return
         self.auth_failed = False
         reg = self.registration
-        self._enter("registering", now)
+        self._enter(Link.REGISTERING, now)
         self._send_session(smartrest.device_creation(reg.name, reg.type),
                            self._after_device_created)
 
@@ -223,7 +225,7 @@ class Session:
                    f"{event.reason}")
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
-        if self.state == "connecting":  # ended before any CONNACK
+        if self.state == Link.CONNECTING:  # ended before any CONNACK
             waited = now - self.state_since
             if event.timed_out or waited >= QUICK_CLOSE_S:
                 self._fail(now, f"no CONNACK within {waited:.0f} s ({event.reason})")
@@ -268,7 +270,7 @@ class Session:
             return
         self.operations.resume(self._send_session)
         self._send_session(smartrest.get_pending_operations())
-        self._enter("online", now)
+        self._enter(Link.ONLINE, now)
         self.connected_since = time.time()
         self.last_error = None
         log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
@@ -310,7 +312,7 @@ class Session:
     # -- draining the buffer ------------------------------------------------------------------
 
     def _fill_window(self, now: float) -> None:
-        while self.state == "online" and len(self.inflight) < WINDOW_PUBLISHES:
+        while self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
             budget = min(ROWS_PER_PEEK, self.pace.available(now))
             rows = self._peek(budget) if budget else []
             if not rows:
@@ -391,8 +393,8 @@ def _invalid_payload(payload) -> str | None:
     return f"the payload is {type(payload).__name__}, not bytes"
 
 
-def _timeout_for(state: str) -> float:
-    return CONNECT_TIMEOUT_S if state == "connecting" else REGISTER_TIMEOUT_S
+def _timeout_for(state: Link) -> float:
+    return CONNECT_TIMEOUT_S if state == Link.CONNECTING else REGISTER_TIMEOUT_S
 
 
 _HANDLERS = {

@@ -1,0 +1,75 @@
+"""What a device child tells the supervisor once a second, and the words it uses.
+
+`Heartbeat` is the one definition of the datagram: the child fills it (its buffer's counts,
+its session's link and counters, its last reading) and sends `encode()`; the supervisor
+keeps `decode()`'s result and shows its fields, under the same names, in the device view of
+`/api/status` (see `DEVICE_VIEW_FIELDS`). `Link` is the session's state as the status page
+shows it. A leaf module: standard library only, so both sides of the fork may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Link(StrEnum):
+    """A device's uplink: the session's own states, and two that only the view knows."""
+
+    DISCONNECTED = "disconnected"  # waiting to (re)connect
+    CONNECTING = "connecting"  # TCP, TLS, CONNECT sent: waiting for the CONNACK
+    REGISTERING = "registering"  # CONNACK'd: 100, 110/114/117, subscriptions under way
+    ONLINE = "online"  # registered and subscribed: draining the buffer
+    STOPPED = "stopped"  # closed for good (the device is stopping)
+    AUTH_FAILED = "auth_failed"  # disconnected after the broker refused the credentials
+    NOT_CONFIGURED = "not_configured"  # no `cumulocity` section: simulating and buffering
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One beat. Counters count since the child started; times are epoch seconds."""
+
+    pid: int | None = None  # None: no beat yet (in the supervisor's view only)
+    time: float | None = None
+    queued: int | None = None  # rows waiting in the buffer (None: unknown yet)
+    oldest_queued_age_s: float | None = None
+    dropped: int = 0  # rows dropped by the buffer's size or age bounds
+    quarantined: int = 0  # rows set aside because they can never be sent
+    lost: int = 0  # rows known lost with their store (kept across restarts by the ledger)
+    degraded: str | None = None  # why the buffer is not working normally
+    buffer_backend: str | None = None
+    last_reading: dict | None = None  # {"time": t, "<fragment>.<series>": value, ...}
+    units: dict | None = None  # {"<fragment>.<series>": unit} of the device's readings
+    connection: Link = Link.NOT_CONFIGURED
+    connected: bool = False
+    connected_since: float | None = None
+    inflight: int = 0  # rows published and not yet acknowledged
+    sent: int = 0  # rows acknowledged by the broker
+    reconnects: int = 0  # connections lost after being online
+    attempts: int = 0  # connection attempts
+    last_ack: float | None = None
+    last_error: str | None = None
+    inbound_dropped: int = 0  # s/ds and s/e messages dropped unread (too large, a flood)
+    inbound_ignored: int = 0  # operation lines ignored (malformed, not ours, unsupported)
+
+    def encode(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Heartbeat":
+        """The beat in `data`; ValueError when it is not one (a stray or garbled datagram)."""
+        try:
+            fields = json.loads(data)
+            beat = cls(**fields)
+            return dataclasses.replace(beat, connection=Link(beat.connection))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"not a heartbeat: {exc}") from None
+
+
+# The device view of /api/status: the beat's fields, then what the supervisor adds.
+SUPERVISOR_FIELDS = ("name", "type", "external_id", "state", "restarts", "last_exit",
+                     "retry_in_s")
+DEVICE_VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(Heartbeat)) | \
+    frozenset(SUPERVISOR_FIELDS)
