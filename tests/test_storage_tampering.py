@@ -21,6 +21,7 @@ import pytest
 
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
+from c8ysim.storage.store import StoreError
 
 pytest_plugins = ["storage_support"]
 
@@ -159,6 +160,37 @@ def test_unopenable_file_at_start_keeps_registers_and_rows_until_it_is_fixed(sto
     final.close()
 
 
+def test_a_store_closed_under_the_buffer_or_failing_right_after_reopening_is_retried(
+        storage):
+    """The store's connection is gone; the reopen works, then the file's first read fails
+    and closes it again (a flaky card). The tier is retried until it works: a tier left
+    closed without a recorded failure was never retried, and every later row waited in
+    memory until the agent restarted."""
+    buffer = open_buffer(storage, "dev")
+    fill(buffer, 0, 3)
+    primary = buffer.tiers[0]
+    opener, flaky = primary.opener, [True]
+
+    def open_flaky(check: bool):
+        store = opener(check)
+        if flaky and flaky.pop():
+            def depth_fails():
+                store.close()
+                raise StoreError("disk I/O error")
+            store.depth = depth_fails
+        return store
+    primary.opener = open_flaky
+    primary.store.close()
+    fill(buffer, 3, 5)  # reopened at once, and failing on its first read
+    assert buffer.stats(time.time()).degraded and primary.failure
+    check_now(buffer)
+    fill(buffer, 5, 7)  # retried: this time it works, and memory moves back into it
+    assert buffer.stats(time.time()).degraded is None and primary.failure is None
+    assert payloads(buffer) == [f"201,t,{i}".encode() for i in range(7)]
+    assert register(buffer) == 6 and buffer.stats(time.time()).lost == 0
+    buffer.close()
+
+
 def test_a_garbage_ledger_is_started_anew_without_a_crash(storage, caplog):
     buffer = open_buffer(storage, "dev")
     fill(buffer, 0, 3)
@@ -189,6 +221,7 @@ CHILD = """
 import json, sys, time
 from types import SimpleNamespace
 from c8ysim.storage import open_buffer
+from c8ysim.storage.store import StoreError
 storage = SimpleNamespace(path=sys.argv[1], backend="sqlite", max_records=200_000,
                           max_age_hours=168, synchronous="normal")
 step = sys.argv[2]

@@ -36,8 +36,8 @@ class Maintenance:
 
     def run(self, now: float) -> None:
         tiers = self.chain.tiers
-        for tier in tiers:
-            if tier.failure is not None and now >= tier.retry_at:
+        for tier in tiers:  # failing, or its store closed under it: open it again
+            if not tier.writable and now >= tier.retry_at:
                 retry(self.chain, tier)
         if now >= self.next_replaced_check:
             self.next_replaced_check = now + REPLACED_CHECK_S

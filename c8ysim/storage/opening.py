@@ -41,7 +41,7 @@ def retry(chain: Chain, tier: Tier) -> None:
     """A failing tier's retry: reopen its store if the connection is gone (checking the
     file), then let writes try it again."""
     if not tier.readable and not _reopen(chain, tier):
-        return
+        return  # still failing: its failure stands, so the maintenance retries it again
     tier.failure, tier.recovering = None, True
 
 
@@ -59,20 +59,20 @@ def _reopen(chain: Chain, tier: Tier) -> bool:
     tier.store = store
     if replaced:
         chain.new_slot(tier)
-    _opened(chain, tier, previous)
-    return True
+    return _opened(chain, tier, previous)
 
 
-def _opened(chain: Chain, tier: Tier, previous_depth: int | None) -> None:
+def _opened(chain: Chain, tier: Tier, previous_depth: int | None) -> bool:
     """A store (re)opened. If its file is new, empty or was moved aside, the readings it
     held are lost: count them (the ledger knows the primary's from before a restart).
-    A primary whose device state is older than the ledger's takes the ledger's."""
+    A primary whose device state is older than the ledger's takes the ledger's.
+    False (the failure recorded) when the store failed on the way."""
     store = tier.store
     try:
         tier.depth = store.depth()
     except StoreError as exc:
         chain.failed(tier, exc)
-        return
+        return False
     if store.fresh or store.lost_file:
         held = previous_depth if previous_depth is not None else (
             chain.ledger.queued if tier is chain.primary and chain.ledger else 0)
@@ -80,10 +80,11 @@ def _opened(chain: Chain, tier: Tier, previous_depth: int | None) -> None:
             where = f"moved aside to {store.lost_file}" if store.lost_file else "gone"
             chain.lose(held, f"{tier.label}: the file that held {held} readings is {where}")
     if tier is chain.primary and chain.ledger is not None:
-        _restore_state(chain, tier)
+        return _restore_state(chain, tier)
+    return True
 
 
-def _restore_state(chain: Chain, tier: Tier) -> None:
+def _restore_state(chain: Chain, tier: Tier) -> bool:
     ledger = chain.ledger
     try:
         stored = int(tier.store.get_meta(META_SEQ_KEY)[1] or 0)
@@ -93,5 +94,6 @@ def _restore_state(chain: Chain, tier: Tier) -> None:
                         ledger.path)
     except (StoreError, ValueError) as exc:
         chain.failed(tier, exc)
-        return
+        return False
     ledger.seq = max(ledger.seq, stored)
+    return True
