@@ -508,6 +508,38 @@ def test_json_measurement_rule(tenant, make):
     assert len(tenant.violations) == 2
 
 
+def test_json_create_bulk_rule(tenant, make):
+    probe = online(make, "pv-1")
+    probe.publish_wait('{"measurements":[{"type":"c8y_T",'
+                       '"time":"2021-09-06T17:35:14.000+02:00","c8y_T":{"T":{"value":1}}}]}',
+                       topic="measurement/measurements/createBulk")
+    assert tenant.violations == []
+    probe.publish_wait('{"measurements":[{"type":"c8y_T","time":"now"}]}',
+                       topic="measurement/measurements/createBulk")
+    probe.publish_wait('{"measurements":3}', topic="measurement/measurements/createBulk")
+    assert [v.split(": ", 2)[2] for v in tenant.violations] == [
+        "measurement time is not ISO 8601 with offset",
+        "createBulk without measurements list"]
+
+
+def test_child_topic_lines_are_checked_but_not_applied(tenant, make):
+    probe = online(make, "pv-1")
+    probe.publish_wait("117,10", topic="s/us/child-1")
+    assert tenant.device("pv-1").required_interval is None
+    probe.publish_wait("117,ten", topic="s/us/child-1")
+    assert probe.expect("s/e")[0] == "45,117,Value is not a valid integer"
+    assert len(tenant.violations) == 1
+
+
+def test_platform_answers_123_600_602_on_s_ds(tenant, make):
+    probe = online(make, "pv-1")
+    probe.publish_wait("123\n600\n602")
+    assert probe.expect("s/ds")[0] == f"124,{tenant.device('pv-1').mo_id}"
+    assert probe.expect("s/ds")[0] == "601,1020.0.0"
+    assert probe.expect("s/ds")[0].startswith("603,100,101,102,")
+    assert tenant.violations == []
+
+
 def test_multi_filter_subscribe_is_granted_but_a_violation(tenant, make):
     probe = make("pv-1")
     assert probe.connect() == 0
@@ -681,6 +713,26 @@ def test_qos2_both_directions(tenant, make):
     tenant.send_operation("pv-1", "510,pv-1")
     assert probe.expect("s/ds") == ("510,pv-1", 2)
     assert tenant.wait_for(lambda: {"pubrec", "pubrel", "pubcomp"} <= set(kinds(tenant, "pv-1")))
+    assert tenant.violations == []
+
+
+def test_qos2_duplicate_is_processed_once_until_pubrel(tenant):
+    sock = raw_connect(tenant.port, "raw-q2")
+    try:
+        def publish(payload: bytes, dup: bool) -> None:
+            body = struct.pack("!H", 4) + b"s/us" + struct.pack("!H", 8) + payload
+            sock.sendall(bytes([0x34 | (8 if dup else 0), len(body)]) + body)
+        publish(b"100", dup=False)
+        assert sock.recv(4) == b"\x50\x02\x00\x08"            # PUBREC 8
+        publish(b"100", dup=True)
+        assert sock.recv(4) == b"\x50\x02\x00\x08"
+        sock.sendall(b"\x62\x02\x00\x08")                     # PUBREL 8
+        assert sock.recv(4) == b"\x70\x02\x00\x08"            # PUBCOMP 8
+    finally:
+        sock.close()
+    publishes = [r for r in tenant.records("raw-q2") if r.kind == "publish"]
+    assert [(r.accepted, r.dup) for r in publishes] == [(True, False), (False, True)]
+    assert tenant.lines("raw-q2") == [["100"]]
     assert tenant.violations == []
 
 
