@@ -20,7 +20,8 @@ class Link(StrEnum):
 
     DISCONNECTED = "disconnected"  # waiting to (re)connect
     CONNECTING = "connecting"  # TCP, TLS, CONNECT sent: waiting for the CONNACK
-    REGISTERING = "registering"  # CONNACK'd: 100, 110/114/117, subscriptions under way
+    INTRODUCING = "introducing"  # CONNACK'd: 100, 110/114/117, subscriptions under way
+    REGISTERING = "registering"  # bootstrap: waiting to be accepted in Device registration
     ONLINE = "online"  # registered and subscribed: draining the buffer
     STOPPED = "stopped"  # closed for good (the device is stopping)
     AUTH_FAILED = "auth_failed"  # disconnected after the broker refused the credentials
@@ -53,6 +54,8 @@ class Heartbeat:
     last_error: str | None = None
     inbound_dropped: int = 0  # s/ds and s/e messages dropped unread (too large, a flood)
     inbound_ignored: int = 0  # operation lines ignored (malformed, not ours, unsupported)
+    rejected: int = 0  # error lines the platform sent on s/e for our lines (not the expected)
+    rejections: list | None = None  # the last few: [[epoch, "the s/e line"], ...]
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

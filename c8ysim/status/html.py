@@ -234,11 +234,14 @@ def _facts(device: dict, now: float) -> str:
              ("restarts", sv.fmt_count(device.get("restarts"))),
              ("broker msgs dropped", sv.fmt_count(device.get("inbound_dropped"))),
              ("broker lines ignored", sv.fmt_count(device.get("inbound_ignored"))),
+             ("rejected by the platform", sv.fmt_count(device.get("rejected"))),
              ("last ack", sv.fmt_since(device.get("last_ack"), now))]
     if device.get("last_error"):
         facts.append(("last error", str(device["last_error"])))
     if device.get("last_exit"):
         facts.append(("last exit", str(device["last_exit"])))
+    for when, line in (device.get("rejections") or [])[-3:]:
+        facts.append((f"rejected {sv.fmt_since(when, now)}", str(line)))
     return f'<dl class="facts">{_pairs(facts)}</dl>'
 
 

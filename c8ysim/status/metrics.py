@@ -44,6 +44,8 @@ DEVICE_FAMILIES = (
     ("c8ysim_inbound_ignored_total", "counter", "Operation lines from the broker ignored: "
      "malformed, for another device or unsupported (since the child started).",
      lambda d: d.get("inbound_ignored")),
+    ("c8ysim_rejected_total", "counter", "Lines the platform rejected after acknowledging "
+     "them (its s/e error lines; since the child started).", lambda d: d.get("rejected")),
     ("c8ysim_last_ack_timestamp_seconds", "gauge", "Wall-clock time of the last broker ack.",
      lambda d: d.get("last_ack")),
     ("c8ysim_power_watts", "gauge", "Power now: + drawn from the grid side, - delivered.",

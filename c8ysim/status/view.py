@@ -152,6 +152,8 @@ def health(device: dict) -> tuple[str, str]:
     connection = device.get("connection")
     if connection == "auth_failed":
         return "bad", "auth failed"
+    if connection == "registering":
+        return "warn", "waiting for registration"
     if device.get("degraded"):
         return "warn", f"degraded: {device['degraded']}"
     if device.get("connected"):

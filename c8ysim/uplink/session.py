@@ -105,7 +105,7 @@ class Session:
     def poll(self, now: float) -> None:
         if self.state == Link.DISCONNECTED and now >= self.retry_at:
             self._open(now)
-        elif self.state in (Link.CONNECTING, Link.REGISTERING) and \
+        elif self.state in (Link.CONNECTING, Link.INTRODUCING) and \
                 now - self.state_since > _timeout_for(self.state):
             what = "CONNACK" if self.state == Link.CONNECTING else "answer to the registration"
             self._fail(now, f"no {what} within {_timeout_for(self.state):.0f} s")
@@ -216,7 +216,7 @@ class Session:
             return
         self.auth_failed = False
         reg = self.registration
-        self._enter(Link.REGISTERING, now)
+        self._enter(Link.INTRODUCING, now)
         self._send_session(smartrest.device_creation(reg.name, reg.type),
                            self._after_device_created)
 
