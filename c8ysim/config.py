@@ -18,11 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from c8ysim import certs, config_checks as checks
+from c8ysim import certs, config_checks as checks, hostid
 from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
 from c8ysim.site import DeviceSpec, Site
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
+HOST_PLACEHOLDER = "{host}"  # in external_id: this machine's ID (c8ysim.hostid), not its name
+DEFAULT_EXTERNAL_ID = "c8ysim-" + HOST_PLACEHOLDER + "-{name}"  # unique per machine and device
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
 MIN_INTERVAL_S = 0.1
 MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
@@ -596,7 +598,9 @@ class _Reader:
         interval = self.value(items, "interval_s", "device", float, 10.0,
                               checks.in_range(MIN_INTERVAL_S, 86400))
         external_id = self.value(items, "external_id", "device", str,
-                                 f"c8ysim-{name}", checks.check_external_id)
+                                 DEFAULT_EXTERNAL_ID.replace("{name}", str(name)),
+                                 checks.check_external_id)
+        external_id = external_id and external_id.replace(HOST_PLACEHOLDER, hostid.host_id())
         for other in KINDS:
             if other in items and other != kind:
                 self.error(items[other], f"'{other}:' parameters on a device of type '{kind}'")

@@ -71,6 +71,9 @@ class Heartbeat:
             raise ValueError(f"not a heartbeat: {exc}") from None
 
 
+# A device's fields before its first beat: unknown (shown as such), not zero.
+UNKNOWN = {**dict.fromkeys(f.name for f in dataclasses.fields(Heartbeat)), "connected": False}
+
 # The device view of /api/status: the beat's fields, then what the supervisor adds.
 SUPERVISOR_FIELDS = ("name", "type", "external_id", "state", "restarts", "last_exit",
                      "retry_in_s")

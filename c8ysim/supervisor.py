@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from c8ysim import __version__, logs, processes, wallclock
+from c8ysim import __version__, heartbeat, logs, processes, wallclock
 from c8ysim.config import Config, ConfigError
 from c8ysim.heartbeat import Heartbeat
 from c8ysim.kinds import KINDS
@@ -44,8 +44,6 @@ HISTORY_MAX_ENTRIES = int(HISTORY_SPAN_S / HISTORY_MIN_STEP_S)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 RESPAWN, REMOVE = "respawn", "remove"  # what follows a requested stop
 REBIND_EVERY_S = 5.0  # a lost status socket is bound again at most this often
-
-NO_BEAT = Heartbeat()
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ class Child:
     deaths: tuple[Death, ...] = ()
     restarts: int = 0
     last_exit: str | None = None
-    beat: Heartbeat = NO_BEAT  # the last one since the process started
+    beat: Heartbeat | None = None  # the last one since the process started
     # (keys, values) pairs, oldest first. The keys tuple is shared by every entry with the
     # same series: a dict per entry, as the heartbeat decodes it, took ~1.3 kB; this ~0.4 kB.
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
@@ -230,7 +228,7 @@ class Supervisor:
             return
         now = time.monotonic()
         child.pid, child.sock, child.started_at, child.last_beat_at = pid, parent_end, now, now
-        child.term_sent_at, child.kill_sent, child.beat = None, False, NO_BEAT
+        child.term_sent_at, child.kill_sent, child.beat = None, False, None
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._read_beats(child))
         log.log(logs.NOTICE, "started %s (pid %d)", child.name, pid)
 
@@ -514,7 +512,7 @@ class Supervisor:
 
     def _device_status(self, child: Child) -> dict:
         device = next((d for d in self.config.devices if d.name == child.name), None)
-        view = {**dataclasses.asdict(child.beat),
+        view = {**(dataclasses.asdict(child.beat) if child.beat else heartbeat.UNKNOWN),
                 "name": child.name, "type": device.type if device else None,
                 "external_id": device.external_id if device else None,
                 "state": child.state.value, "pid": child.pid, "restarts": child.restarts,
@@ -542,7 +540,7 @@ class Supervisor:
     def _status_line(self) -> str:
         if self.stopping_since is not None:
             return f"stopping, {len(self.children)} devices left"
-        beats = [c.beat for c in self.children.values() if c.pid is not None]
+        beats = [c.beat for c in self.children.values() if c.pid is not None and c.beat]
         online = sum(1 for b in beats if b.connected)
         queued = sum(b.queued or 0 for b in beats)
         fatal = sum(1 for c in self.children.values() if c.state is ChildState.FATAL)

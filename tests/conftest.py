@@ -149,9 +149,9 @@ def recorder(mosquitto):
 def write_config(directory: Path, broker_port: int, status_port: int,
                  interval_s: float = 0.5, devices=None, extra: str = "") -> Path:
     devices = devices or [("pv-roof", "pv"), ("heatpump", "heatpump"), ("grid-meter", "grid")]
-    device_lines = "".join(
-        f"  - {{name: {name}, type: {kind}, interval_s: {interval_s}}}\n"
-        for name, kind in devices)
+    device_lines = "".join(  # explicit IDs: the default ones carry this machine's ID
+        f"  - {{name: {name}, type: {kind}, interval_s: {interval_s}, "
+        f"external_id: c8ysim-{name}}}\n" for name, kind in devices)
     path = directory / "c8ysim.yaml"
     path.write_text(
         "site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"

@@ -54,8 +54,8 @@ def n(short: int, long: int) -> int:
 
 def write_chaos_config(directory: Path, port: int, status_port: int, interval_s: float,
                        state_dir: Path) -> Path:
-    devices = "".join(f"  - {{name: {name}, type: {kind}, interval_s: {interval_s}}}\n"
-                      for name, kind in DEVICES)
+    devices = "".join(f"  - {{name: {name}, type: {kind}, interval_s: {interval_s}, "
+                      f"external_id: {CLIENTS[name]}}}\n" for name, kind in DEVICES)
     path = directory / "c8ysim.yaml"
     path.write_text(
         "site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from c8ysim import config
+from c8ysim import config, hostid
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "etc" / "c8ysim.yaml"
@@ -41,8 +41,9 @@ def test_sample_config_is_valid():
     assert result.returncode == 0, result.stderr
     cfg = config.load(str(SAMPLE))
     assert [d.name for d in cfg.devices] == ["pv-roof", "heatpump", "grid-meter"]
+    host = hostid.host_id()
     assert [d.external_id for d in cfg.devices] == [
-        "c8ysim-pv-roof", "c8ysim-heatpump", "c8ysim-grid-meter"]
+        f"c8ysim-{host}-pv-roof", f"c8ysim-{host}-heatpump", f"c8ysim-{host}-grid-meter"]
     assert cfg.cumulocity.username == "t12345/devuser"
     assert cfg.status.host == "127.0.0.1" and cfg.status.port == 8080
 

@@ -501,7 +501,7 @@ def test_status_command_prints_a_table_and_json(loop, tmp_path):
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("c8ysim 0.1.0")
     header = next(i for i, line in enumerate(lines) if line.startswith("DEVICE"))
-    assert lines[header + 1].split()[:4] == ["pv-roof", "pv", "online", "3"]
+    assert lines[header + 1].split()[:5] == ["pv-roof", "c8ysim-pv-roof", "pv", "online", "3"]
     assert "1.20 kW" in out and "-300 W" in out
     code, out, _ = run_cli(config, "--json")
     assert code == 0 and json.loads(out) == json.loads(json.dumps(loop.site.status()))

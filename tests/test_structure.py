@@ -75,7 +75,10 @@ def test_the_supervisors_device_view_has_exactly_the_declared_fields():
     views = {d["name"]: d for d in agent.status()["devices"]}
     assert set(views["hp"]) == DEVICE_VIEW_FIELDS  # backoff: with retry_in_s
     assert set(views["pv"]) == DEVICE_VIEW_FIELDS - {"retry_in_s"}
-    assert views["pv"]["connection"] == "online" and views["hp"]["connection"] == "not_configured"
+    assert views["pv"]["connection"] == "online" and views["pv"]["lost"] == 0
+    # before its first beat a device's counters are unknown, not 0
+    assert views["hp"]["connection"] is None and views["hp"]["lost"] is None
+    assert views["hp"]["connected"] is False
 
 
 def test_a_heartbeat_survives_the_wire_and_a_stranger_is_refused():

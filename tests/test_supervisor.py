@@ -128,8 +128,8 @@ def alive(pid: int) -> bool:
 
 
 def devices_yaml(devices) -> str:
-    return "devices:\n" + "".join(f"  - {{name: {n}, type: {t}, interval_s: {i}}}\n"
-                                  for n, t, i in devices)
+    return "devices:\n" + "".join(f"  - {{name: {n}, type: {t}, interval_s: {i}, "
+                                  f"external_id: c8ysim-{n}}}\n" for n, t, i in devices)
 
 
 def rewrite_devices(config: Path, devices) -> None:

@@ -20,7 +20,7 @@ from c8ysim import config, exits
 from c8ysim.status import view as sv
 
 TIMEOUT_S = 3.0
-COLUMNS = ("DEVICE", "TYPE", "STATE", "QUEUED", "OLDEST", "SENT", "DROPPED", "LOST", "POWER",
+COLUMNS = ("DEVICE", "EXTERNAL ID", "TYPE", "STATE", "QUEUED", "OLDEST", "SENT", "DROPPED", "LOST", "POWER",
            "LAST ACK")
 
 
@@ -84,7 +84,8 @@ def render(view: dict) -> str:
 def _row(device: dict) -> list[str]:
     _level, label = sv.health(device)
     last_ack = device.get("last_ack")
-    return [str(device.get("name")), str(device.get("type") or sv.MISSING), label,
+    return [str(device.get("name")), str(device.get("external_id") or sv.MISSING),
+            str(device.get("type") or sv.MISSING), label,
             _n(device.get("queued")), sv.fmt_age(device.get("oldest_queued_age_s")),
             _n(device.get("sent")), _n(device.get("dropped")), _n(device.get("lost")),
             sv.fmt_power(sv.power_w(device.get("last_reading"))),
