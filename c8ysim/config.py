@@ -63,6 +63,19 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class BootstrapConfig:
+    """The bootstrap user devices register with (ref §1.5); one per Cumulocity instance."""
+
+    tenant: str = "management"
+    user: str = "devicebootstrap"
+    password: str = field(default="", repr=False)
+
+    @property
+    def username(self) -> str:
+        return f"{self.tenant}/{self.user}"
+
+
+@dataclass(frozen=True)
 class CumulocityConfig:
     host: str
     port: int
@@ -74,6 +87,8 @@ class CumulocityConfig:
     reconnect_max_s: float = 300.0
     required_interval_min: int = 10
     max_lines_per_s: float = 100.0  # drain pace per device (Cumulocity throttles tenants)
+    # Devices without a login of their own register with it and store the one issued.
+    bootstrap: BootstrapConfig | None = None
 
     @property
     def username(self) -> str | None:
@@ -398,16 +413,26 @@ class _Reader:
             return None
         items = self.section(top, "cumulocity", (
             "host", "port", "tls", "tenant", "user", "password", "password_file",
-            "keepalive_s", "reconnect_max_s", "required_interval_min", "max_lines_per_s"))
+            "keepalive_s", "reconnect_max_s", "required_interval_min", "max_lines_per_s",
+            "bootstrap"))
         where, default = "cumulocity", _DefaultsOf(CumulocityConfig)
         tls = self.tls(items.get("tls"))
-        password = self.password(items)
-        if tls is None or tls.cert_file is None:
+        password = self.password(items, where)
+        bootstrap = self.bootstrap(items.get("bootstrap"))
+        if tls is not None and tls.cert_file is not None:
+            if "bootstrap" in items:
+                self.error(items["bootstrap"], "cumulocity.bootstrap is for devices that log "
+                           "in with a password; with tls.cert_file the certificate is the "
+                           "device's identity: remove one of the two")
+        elif "bootstrap" in items:
+            self.own_login_all_or_none(items)
+        else:
             for key in ("tenant", "user"):
                 self.value(items, key, where, str)
             if password is None and "password" not in items and "password_file" not in items:
                 self.error(top["cumulocity"], "cumulocity needs 'password' or 'password_file' "
-                           "(or tls.cert_file for certificate login)")
+                           "(or tls.cert_file for certificate login, or bootstrap for "
+                           "devices that register themselves)")
         return CumulocityConfig(
             host=self.value(items, "host", where, str, check=checks.non_empty),
             port=self.value(items, "port", where, int, 8883 if tls else 1883, checks.check_port),
@@ -426,7 +451,42 @@ class _Reader:
             max_lines_per_s=float(self.value(
                 items, "max_lines_per_s", where, float, default.max_lines_per_s,
                 checks.in_range(1, 100000))),
+            bootstrap=bootstrap,
         )
+
+    def bootstrap(self, node) -> BootstrapConfig | None:
+        """`cumulocity.bootstrap`: the bootstrap user's tenant, user and password."""
+        if node is None:
+            return None
+        where, default = "cumulocity.bootstrap", BootstrapConfig()
+        items = self.mapping(node, where, ("tenant", "user", "password", "password_file"))
+        if not isinstance(node, yaml.MappingNode):
+            return None  # reported by mapping()
+        tenant = self.value(items, "tenant", where, str, default.tenant,
+                            lambda v: checks.non_empty(v) or ("must not contain '/'" if "/" in v
+                                                              else None))
+        user = self.value(items, "user", where, str, default.user, checks.non_empty)
+        password = self.password(items, where)
+        if "password" not in items and "password_file" not in items:
+            self.error(node, f"{where} needs 'password' or 'password_file': the bootstrap "
+                       "user's password of your Cumulocity instance")
+        elif password is not None and not password:
+            self.error(items.get("password", items.get("password_file")),
+                       f"{where}: the password is empty")
+        if not (password and tenant and user):
+            return None
+        return BootstrapConfig(tenant=tenant, user=user, password=password)
+
+    def own_login_all_or_none(self, items: dict) -> None:
+        """With bootstrap, a login in the config is optional: all of it, or none."""
+        keys = [key for key in items if key in ("tenant", "user", "password", "password_file")]
+        complete = {"tenant", "user"} <= set(keys) and bool({"password", "password_file"}
+                                                            & set(keys))
+        if keys and not complete:
+            self.error(items[keys[0]], "cumulocity.tenant, user and password (or "
+                       "password_file) go together: set all of them (the login devices use "
+                       "until they have their own) or none (with bootstrap, devices register "
+                       "themselves)")
 
     def tls(self, node) -> TlsConfig | None:
         if node is None or isinstance(node, yaml.ScalarNode):
@@ -480,31 +540,32 @@ class _Reader:
                 self.error(self._tls_items.get("key_file", node), f"cumulocity.tls.key_file: "
                            f"{problem} (device '{device.name}')")
 
-    def password(self, items: dict) -> str | None:
+    def password(self, items: dict, where: str) -> str | None:
+        """`<where>.password` or the content of `<where>.password_file` (never shown)."""
         if "password" in items and "password_file" in items:
-            self.error(items["password_file"], "set either cumulocity.password or "
-                       "cumulocity.password_file, not both")
+            self.error(items["password_file"], f"set either {where}.password or "
+                       f"{where}.password_file, not both")
             return None
         if "password" in items:
             self.warn_if_others_can_read(items["password"], self._path, self._others_read_mode,
-                                         "cumulocity.password is in this file")
-            return self.secret_string(items["password"], "cumulocity.password")
+                                         f"{where}.password is in this file")
+            return self.secret_string(items["password"], f"{where}.password")
         node = items.get("password_file")
         if node is None:
             return None
         file_name = self._scalar(node)
         if not isinstance(file_name, str) or checks.readable_file(file_name):
-            self.error(node, f"cumulocity.password_file: cannot read that file; it must name a "
+            self.error(node, f"{where}.password_file: cannot read that file; it must name a "
                        f"readable file {NOT_SHOWN}")
             return None
         self.warn_if_others_can_read(node, file_name, checks.others_can_read(file_name),
-                                     "cumulocity.password_file holds the password")
+                                     f"{where}.password_file holds the password")
         try:
             return Path(file_name).read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
-            self.error(node, "cumulocity.password_file: the file is not UTF-8 text")
+            self.error(node, f"{where}.password_file: the file is not UTF-8 text")
         except OSError as exc:
-            self.error(node, f"cumulocity.password_file: cannot read the file ({exc.strerror})")
+            self.error(node, f"{where}.password_file: cannot read the file ({exc.strerror})")
         return None
 
     def secret_string(self, node, where: str) -> str | None:

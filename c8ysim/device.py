@@ -5,6 +5,11 @@ reading, its alarm transitions and the model's state (energy registers) are stor
 transaction. The session drains the buffer whenever it is online. Once per loop turn the
 child sends its heartbeat to the supervisor. It never raises: failures become an exit code
 and a log line.
+
+With `cumulocity.bootstrap` the device logs in with the credentials Cumulocity issued it
+(stored in the state directory), else with the config's, else it registers first
+(`uplink.bootstrap`) while the loop goes on reading and buffering; a stored login the broker
+refuses for good (`RefusalWatch`) is deleted and the device registers again.
 """
 
 from __future__ import annotations
@@ -20,16 +25,22 @@ import time
 
 from c8ysim import __version__, exits, sim
 from c8ysim.config import Config, DeviceConfig
-from c8ysim.heartbeat import Heartbeat
+from c8ysim.heartbeat import Heartbeat, Link
 from c8ysim.kinds import KINDS
 from c8ysim.storage import Buffer, StorageConfigError, open_buffer
-from c8ysim.uplink import smartrest
+from c8ysim.uplink import credentials, smartrest
+from c8ysim.uplink.bootstrap import Bootstrap, RefusalWatch
+from c8ysim.uplink.credentials import Credentials
 from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink.transport import Endpoint
 
 HEARTBEAT_INTERVAL_S = 1.0
 MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
 MODEL_STATE_KEY = "model.state"
+SAVE_RETRY_S = 60.0  # issued credentials not yet stored: try again this often
+# Heartbeat counters that go on across the uplinks of one child (bootstrap, sessions).
+CARRIED_COUNTERS = ("sent", "reconnects", "attempts", "inbound_dropped", "inbound_ignored",
+                    "rejected")
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +57,65 @@ class Device:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.model = sim.build_model(config.site, device.name)
         self.model_state = load_model_state(buffer) or self.model.initial_state()
-        self.session = self._build_session()
+        self.credentials_path = credentials.path_for(config.storage.path, device.name)
+        self.session: Session | None = None
+        self.bootstrap: Bootstrap | None = None
+        self.login_source: str | None = None  # "stored" or "config": where the session's is from
+        self.unsaved: Credentials | None = None  # issued, not yet on disk
+        self.save_at = 0.0
+        self.refusals = RefusalWatch()
+        self.carried: dict[str, int] = {}  # counters of the uplinks closed before
         self.last_reading: dict | None = None
         self.units: dict | None = None
         self.running = True
+        self._start_uplink()
 
-    def _build_session(self) -> Session | None:
+    # -- the uplink: a session, or the registration before it ---------------------------
+
+    def _start_uplink(self) -> None:
         c8y = self.config.cumulocity
         if c8y is None:
             log.warning("no 'cumulocity' section: simulating and buffering only")
+            return
+        if c8y.bootstrap is None:
+            self.session = self._build_session(c8y.username, c8y.password)
+            return
+        stored = self._stored_credentials()
+        if stored is not None:
+            self.login_source = "stored"
+            self.session = self._build_session(stored.username, stored.password)
+        elif c8y.username and c8y.password:
+            self.login_source = "config"
+            self.session = self._build_session(c8y.username, c8y.password)
+        else:
+            self.bootstrap = self._build_bootstrap()
+
+    def _stored_credentials(self) -> Credentials | None:
+        try:
+            return credentials.load(self.credentials_path)
+        except credentials.CredentialsError as exc:
+            log.error("stored credentials unusable (%s): registering again; the file is "
+                      "replaced once Cumulocity issues new ones", exc)
             return None
+
+    def _endpoint(self, username: str | None, password: str | None) -> Endpoint:
+        c8y = self.config.cumulocity
         tls = c8y.tls.for_device(self.device.external_id) if c8y.tls else None
-        endpoint = Endpoint(
+        return Endpoint(
             host=c8y.host, port=c8y.port, client_id=self.device.external_id,
-            username=None if tls and tls.cert_file else c8y.username, password=c8y.password,
+            username=None if tls and tls.cert_file else username, password=password,
             keepalive_s=c8y.keepalive_s, tls=tls is not None,
             ca_file=tls.ca_file if tls else None, cert_file=tls.cert_file if tls else None,
             key_file=tls.key_file if tls else None)
+
+    def _build_bootstrap(self) -> Bootstrap:
+        c8y = self.config.cumulocity
+        endpoint = self._endpoint(c8y.bootstrap.username, c8y.bootstrap.password)
+        return Bootstrap(endpoint, self.events, c8y.reconnect_max_s, random.Random())
+
+    def _build_session(self, username: str | None, password: str | None) -> Session:
+        c8y = self.config.cumulocity
+        endpoint = self._endpoint(username, password)
         registration = Registration(
             name=self.device.name, type=KINDS[self.device.type].c8y_type,
             serial=self.device.external_id, model=f"c8ysim {self.device.type}",
@@ -70,6 +123,92 @@ class Device:
             required_interval_min=c8y.required_interval_min)
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
                        random.Random(), c8y.max_lines_per_s)
+
+    @property
+    def uplink(self) -> Session | Bootstrap | None:
+        return self.session or self.bootstrap
+
+    def _poll_uplink(self, now: float) -> None:
+        if self.bootstrap:
+            self.bootstrap.poll(now)
+            if self.bootstrap.credentials:
+                self._registered(self.bootstrap.credentials, now)
+        elif self.session:
+            self.session.poll(now)
+            if self.login_source and self.refusals.observe(
+                    self.session.auth_failed, self.session.state == Link.DISCONNECTED,
+                    self.session.attempts, now):
+                self._register_again(now)
+        if self.unsaved and now >= self.save_at:
+            self._save(now)
+
+    def _registered(self, issued: Credentials, now: float) -> None:
+        """Cumulocity issued this device's login: store it, and log in with it."""
+        self._retire(self.bootstrap)
+        self.bootstrap = None
+        self.unsaved = issued
+        self._save(now)
+        self.login_source = "stored"
+        self.refusals = RefusalWatch()
+        self.session = self._build_session(issued.username, issued.password)
+
+    def _save(self, now: float) -> None:
+        try:
+            credentials.save(self.credentials_path, self.unsaved)
+        except credentials.CredentialsError as exc:
+            self.save_at = now + SAVE_RETRY_S
+            log.error("cannot store the credentials Cumulocity issued (%s): using them from "
+                      "memory, retrying in %.0f s; if the device restarts first it has to "
+                      "be registered again", exc, SAVE_RETRY_S)
+            return
+        self.unsaved = None
+        log.info("stored the credentials in %s", self.credentials_path)
+
+    def _register_again(self, now: float) -> None:
+        """The broker refuses the login for good (the device was deleted): register anew."""
+        refused_s = self.refusals.refused_for_s(now)
+        self._retire(self.session)
+        self.session = None
+        if self.login_source == "stored":
+            try:
+                credentials.delete(self.credentials_path)
+            except credentials.CredentialsError as exc:
+                log.error("%s", exc)
+        self.unsaved = None
+        log.warning("Cumulocity has refused the %s credentials of %s for %.0f s: %s; "
+                    "registering again", self.login_source, self.device.external_id,
+                    refused_s, "deleted them" if self.login_source == "stored"
+                    else "no longer using them until the next start")
+        self.login_source = None
+        self.bootstrap = self._build_bootstrap()
+
+    def _retire(self, uplink: Session | Bootstrap) -> None:
+        """Close an uplink for good: keep its counters, forget its queued events."""
+        status = uplink.status()
+        for key in CARRIED_COUNTERS:
+            if isinstance(status.get(key), int):
+                self.carried[key] = self.carried.get(key, 0) + status[key]
+        uplink.close()  # joins paho's thread: no event of it arrives after this
+        pending = []
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, _Stop):
+                pending.append(event)
+        for event in pending:
+            self.events.put(event)
+
+    def _uplink_status(self) -> dict:
+        uplink = self.uplink
+        if uplink is None:
+            return {}
+        status = uplink.status()
+        for key, value in self.carried.items():
+            if isinstance(status.get(key), int):
+                status[key] += value
+        return status
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -87,12 +226,11 @@ class Device:
                 # the interval: all devices read at the same timestamps, and a jump of the
                 # wall clock never stalls or bursts the loop.
                 next_tick = now + _until_next_slot_s(interval)
-            if self.session:
-                self.session.poll(time.monotonic())
-                if self.session.operations.restart_requested:
-                    log.info("restarting the device for its c8y_Restart operation")
-                    self.close()
-                    return exits.RESTART
+            self._poll_uplink(time.monotonic())
+            if self.session and self.session.operations.restart_requested:
+                log.info("restarting the device for its c8y_Restart operation")
+                self.close()
+                return exits.RESTART
             if now >= next_heartbeat:
                 self.send_heartbeat()
                 next_heartbeat = now + HEARTBEAT_INTERVAL_S
@@ -105,7 +243,7 @@ class Device:
 
     def _wait(self, seconds: float) -> None:
         timeout = min(max(seconds, 0.0), MAX_WAIT_S)
-        if self.session and (wake := self.session.wakeup_in(time.monotonic())) is not None:
+        if self.uplink and (wake := self.uplink.wakeup_in(time.monotonic())) is not None:
             timeout = min(timeout, wake)
         try:
             event = self.events.get(timeout=timeout)
@@ -122,8 +260,8 @@ class Device:
         if isinstance(event, _Stop):
             log.info("stopping")
             self.running = False
-        elif self.session:
-            self.session.handle(event, time.monotonic())
+        elif self.uplink:
+            self.uplink.handle(event, time.monotonic())
 
     def tick(self) -> None:
         t = _slot(time.time(), self.device.interval_s)
@@ -147,15 +285,15 @@ class Device:
             oldest_queued_age_s=stats.oldest_age_s, dropped=stats.dropped,
             quarantined=stats.quarantined, lost=stats.lost, degraded=stats.degraded,
             buffer_backend=stats.backend, last_reading=self.last_reading, units=self.units,
-            **(self.session.status() if self.session else {}))
+            **self._uplink_status())
         try:
             self.heartbeat.send(beat.encode())
         except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):
             pass  # the supervisor is busy or gone; the next beat or the ppid check covers it
 
     def close(self) -> None:
-        if self.session:
-            self.session.close()
+        if self.uplink:
+            self.uplink.close()
         self.buffer.close()
 
 

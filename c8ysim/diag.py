@@ -288,6 +288,7 @@ def secrets_of(cfg: config.Config) -> set[str]:
     found = set()
     if cfg.cumulocity and cfg.cumulocity.password:
         found.add(cfg.cumulocity.password)
+    found.add(getattr(cfg.cumulocity and cfg.cumulocity.bootstrap, "password", None) or "")
     found.add(getattr(cfg.status, "password", None) or "")  # the status page's, when set
     for pattern, group in ((checks.DSN_URL_PASSWORD, 2), (checks.DSN_KEY_PASSWORD, 2)):
         for match in pattern.finditer(cfg.storage.dsn or ""):

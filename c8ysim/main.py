@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--device", required=True, help="device name from the config")
     backfill.add_argument("--since", required=True, help="how far back, e.g. 24h, 90m, 7d")
     backfill.set_defaults(handler=_backfill)
+    register = commands.add_parser(
+        "register", help="list the external IDs to enter under Device management > "
+                         "Registration, and which devices have their credentials")
+    register.add_argument("--config", help="config file (as for run)")
+    register.set_defaults(handler=_register)
     buffer_cli.add_parser(commands)
     diag.add_parser(commands)
     return parser
@@ -97,6 +102,38 @@ def _run(args) -> int:
     except OSError as exc:  # e.g. the status port is taken
         print(f"c8ysim: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _register(args) -> int:
+    """Per device: its name, the external ID to register, whether its login is stored."""
+    from c8ysim.uplink import credentials
+
+    cfg = _load_or_report(config.config_path(args.config))
+    if cfg is None:
+        return exits.CONFIG
+    bootstrap = cfg.cumulocity.bootstrap if cfg.cumulocity else None
+    if bootstrap is None:
+        print("c8ysim register: cumulocity.bootstrap is not set, so the devices do not "
+              "register themselves: they log in with the configured credentials (or "
+              "certificates)", file=sys.stderr)
+    code = exits.OK
+    rows = [("DEVICE", "EXTERNAL ID", "CREDENTIALS")]
+    for device in cfg.devices:
+        path = credentials.path_for(cfg.storage.path, device.name)
+        try:
+            stored = ("not used (no cumulocity.bootstrap)" if bootstrap is None else
+                      "stored" if credentials.exists(path) else "none: not registered yet")
+        except OSError as exc:
+            stored = f"unknown: cannot look into {path.parent} ({exc.strerror})"
+            code = exits.FAILURE
+        rows.append((device.name, device.external_id, stored))
+    if bootstrap is not None:
+        print("In Cumulocity, add each external ID without credentials under Device "
+              "management > Registration, then accept the device once it asks.")
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, external_id, stored in rows:
+        print(f"{name:<{widths[0]}}  {external_id:<{widths[1]}}  {stored}")
+    return code
 
 
 def _send_test(args) -> int:

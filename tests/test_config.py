@@ -264,3 +264,99 @@ def test_no_anchored_validation_pattern_uses_match_with_dollar():
             if pattern.endswith("$") and not pattern.endswith("\\$"):
                 offenders.append(f"{source.name}: {pattern}")
     assert not offenders, offenders
+
+
+# -- cumulocity.bootstrap (issue 15) --------------------------------------------------------
+
+def bootstrap_config(tmp_path: Path, cumulocity: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "c8ysim.yaml"
+    path.write_text("site: {latitude: 52.52, longitude: 13.40}\n"
+                    "cumulocity:\n  host: mqtt.example.invalid\n" + cumulocity +
+                    "devices:\n  - {name: pv, type: pv, external_id: xid-pv}\n")
+    path.chmod(mode)
+    return path
+
+
+def test_bootstrap_alone_is_a_valid_uplink(tmp_path):
+    cfg = config.load(str(bootstrap_config(
+        tmp_path, "  bootstrap:\n    password: \"0777-boot\"\n")))
+    c8y = cfg.cumulocity
+    assert (c8y.tenant, c8y.user, c8y.password, c8y.username) == (None, None, None, None)
+    assert c8y.bootstrap == config.BootstrapConfig("management", "devicebootstrap",
+                                                   "0777-boot")
+    assert c8y.bootstrap.username == "management/devicebootstrap"
+    assert "0777-boot" not in repr(cfg) and cfg.warnings == ()
+
+
+def test_bootstrap_password_file_tenant_and_user(tmp_path):
+    secret = tmp_path / "bootstrap-password"
+    secret.write_text("b00t-secret\n")
+    secret.chmod(0o600)
+    cfg = config.load(str(bootstrap_config(tmp_path, (
+        f"  bootstrap: {{tenant: edge, user: bootstrapper, password_file: {secret}}}\n"
+        "  tenant: t1\n  user: u\n  password: pw\n"))))  # a login too: allowed
+    assert cfg.cumulocity.bootstrap == config.BootstrapConfig("edge", "bootstrapper",
+                                                              "b00t-secret")
+    assert cfg.cumulocity.username == "t1/u"
+
+
+@pytest.mark.parametrize("cumulocity, needle, message", [
+    ("  bootstrap:\n    tenant: management\n", "tenant: management",  # the mapping's line
+     "cumulocity.bootstrap needs 'password' or 'password_file'"),
+    ("  bootstrap: true\n", "bootstrap:", "cumulocity.bootstrap must be a mapping"),
+    ("  bootstrap: {password: x, pasword: y}\n", "bootstrap:",
+     "unknown key 'pasword' in cumulocity.bootstrap; did you mean 'password'"),
+    ("  bootstrap:\n    password: \"\"\n", "password:", "cumulocity.bootstrap: the password "
+     "is empty"),
+    ("  bootstrap:\n    password: pw\n    password_file: /etc/hostname\n", "password_file",
+     "set either cumulocity.bootstrap.password or cumulocity.bootstrap.password_file"),
+    ("  bootstrap:\n    password: pw\n    tenant: a/b\n", "tenant:",
+     "cumulocity.bootstrap.tenant: must not contain '/'"),
+    ("  bootstrap:\n    password: pw\n    user: [x]\n", "user:",
+     "cumulocity.bootstrap.user must be a string"),
+    ("  bootstrap:\n    password_file: /nonexistent/boot\n", "password_file",
+     "cumulocity.bootstrap.password_file: cannot read that file"),
+    ("  tenant: t1\n  bootstrap: {password: pw}\n", "tenant: t1",
+     "cumulocity.tenant, user and password (or password_file) go together"),
+    ("  tenant: t1\n  user: u\n", "host:", "cumulocity needs 'password' or "
+     "'password_file' (or tls.cert_file for certificate login, or bootstrap"),
+    ("  tls: {cert_file: '/x/{external_id}.pem', key_file: '/x/{external_id}.key'}\n"
+     "  bootstrap: {password: pw}\n", "bootstrap:",
+     "cumulocity.bootstrap is for devices that log in with a password"),
+])
+def test_bootstrap_mistakes_give_file_line_and_exit_78(tmp_path, cumulocity, needle, message):
+    path = bootstrap_config(tmp_path, cumulocity)
+    result = check_config(path)
+    assert result.returncode == 78, result.stderr
+    expected = f"{path}:{line_of(path, needle)}: "
+    assert any(line.startswith(expected) and message in line
+               for line in result.stderr.splitlines()), result.stderr
+
+
+@pytest.mark.parametrize("value, shown", [("0777", "511"), ("12:30:45", "45045"),
+                                          ("[hunter2-boot]", "hunter2-boot")])
+def test_mistyped_bootstrap_password_is_an_error_that_never_shows_it(tmp_path, value, shown):
+    path = bootstrap_config(tmp_path, f"  bootstrap:\n    password: {value}\n")
+    result = c8ysim_check_config(path)
+    assert result.returncode == 78, result.stderr
+    assert (f"{path}:{line_of(path, 'password:')}: cumulocity.bootstrap.password must be a "
+            "string") in result.stderr and "quotes" in result.stderr
+    assert shown not in result.stderr.replace(str(path), "")
+
+
+def test_bootstrap_password_others_can_read_is_a_warning(tmp_path):
+    path = bootstrap_config(tmp_path, "  bootstrap:\n    password: hunter2-boot\n", 0o644)
+    result = c8ysim_check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert _warnings(result) == [
+        f"{path}:{line_of(path, 'password:')}: warning: cumulocity.bootstrap.password is in "
+        f"this file, and every user can read {path} (mode 0644): run chmod o-rwx {path} "
+        "(group c8ysim may read it)"]
+    assert "hunter2" not in result.stderr
+    secret = tmp_path / "boot-password"
+    secret.write_text("hunter2-boot\n")
+    secret.chmod(0o644)
+    path = bootstrap_config(tmp_path, f"  bootstrap:\n    password_file: {secret}\n", 0o644)
+    warnings = _warnings(c8ysim_check_config(path))
+    assert len(warnings) == 1 and "cumulocity.bootstrap.password_file holds the password, " \
+        f"and every user can read {secret}" in warnings[0]

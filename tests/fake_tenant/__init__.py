@@ -44,8 +44,12 @@ on PUBLISH and de-duplicated by packet id until PUBREL).  Downstream messages
 go out at the granted subscription QoS.  Subscriptions are only granted for
 exact Cumulocity downstream topics (no wildcards).
 
-Not implemented: TLS/WebSocket, certificate auth, bootstrap answers on
-``s/dcr``, JWT on ``s/dat``, custom templates (``s/uc``/``s/ut`` publishes are
+Device registration (ref §1.5): with ``FakeTenant(bootstrap_password=...)``
+the bootstrap user may log in and poll ``s/ucr``; ``accept_registration``
+makes the next poll get its credentials on ``s/dcr``, ``revoke_credentials``
+takes them away (see ``registration``).
+
+Not implemented: TLS/WebSocket, certificate auth, JWT on ``s/dat``, custom templates (``s/uc``/``s/ut`` publishes are
 only recorded), retained messages, persistent sessions, and redelivery of
 PENDING operations on subscribe (only ``500`` re-sends them, which is the
 strict reading of ref §6.4).
@@ -55,6 +59,7 @@ Modules (each says what it owns):
 * ``tenant``: ``FakeTenant``, its server thread, queries and fault injection;
 * ``broker``: connections, sessions and the MQTT packet flow;
 * ``admission``: the CONNACK decision, credentials, connect-time faults;
+* ``registration``: the bootstrap user, accepted registrations, issued logins;
 * ``upstream``: what a published message means (checker rules, ``s/e``);
 * ``inventory``, ``operations``: device and operation state;
 * ``journal``: the records and verdicts tests assert on;

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .mqtt import device_identifier
+from .mqtt import client_key, device_identifier
 
 Decision = tuple[int, str | None]     # CONNACK code, violation text
 
@@ -20,13 +20,18 @@ class Admission:
 
     def __init__(self, credentials: dict[str, str]) -> None:
         self.credentials = credentials
+        self.registration: Any = None  # the bootstrap user (registration.Registration)
         self._refuse: tuple[int, int | None] | None = None   # code, remaining
         self._rate_limit: dict[str, int | None] = {}         # key -> sessions left
 
     def decide(self, info: dict[str, Any]) -> Decision:
         """CONNACK code (ref §1.9) and an optional violation text."""
-        return (self._protocol_decision(info) or self._refusal()
-                or (self._credentials_code(info), None))
+        decision = (self._protocol_decision(info) or self._refusal()
+                    or (self._credentials_code(info), None))
+        if self.registration is not None and decision[0] == 0:
+            self.registration.admitted(client_key(info["client_id"]),
+                                       self.registration.is_bootstrap_user(info.get("username")))
+        return decision
 
     @staticmethod
     def _protocol_decision(info: dict[str, Any]) -> Decision | None:
@@ -53,6 +58,8 @@ class Admission:
         username, password = info.get("username"), info.get("password")
         if not username or not password:
             return 5
+        if self.registration is not None and self.registration.is_bootstrap_user(username):
+            return self.registration.bootstrap_code(password.decode("utf-8", "replace"))
         tenant, _, user = username.partition("/")
         if not tenant or not user or self.credentials.get(username) != password.decode(
                 "utf-8", "replace"):

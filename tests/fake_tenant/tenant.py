@@ -18,13 +18,13 @@ import traceback
 from typing import Any, Callable
 
 from .admission import Admission
-from .broker import Broker
 from .inventory import Device, Inventory
 from .journal import Journal, Record
 from .limits import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from .measurements import measurement_from_fields
 from .mqtt import client_key
 from .operations import Operation, OperationBook
+from .registration import RegisteringBroker, Registration
 from .smartrest import parse_smartrest
 
 
@@ -33,12 +33,18 @@ class FakeTenant:
 
     def __init__(self, credentials: dict[str, str] | None = None, *,
                  host: str = "127.0.0.1", create_delay: float = 0.0,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0,
+                 bootstrap_password: str | None = None) -> None:
         """``credentials`` maps ``"<tenant>/<user>"`` to the password.
 
         ``create_delay`` (s) makes device creation by ``100`` take effect
         (and its PUBACK be sent) only after that delay, to expose agents that
         do not wait for the PUBACK before subscribing to ``s/ds``.
+
+        ``bootstrap_password``: the password of the bootstrap user
+        ``management/devicebootstrap`` (None: it cannot log in); see
+        ``accept_registration``.  Issued logins are in the first tenant of
+        ``credentials``.
         """
         self.host = host
         self.port = 0
@@ -47,9 +53,15 @@ class FakeTenant:
         self._operations = OperationBook(self._journal, self._inventory.new_id)
         self._admission = Admission(
             dict(credentials or {DEFAULT_USERNAME: DEFAULT_PASSWORD}))
-        self._broker = Broker(self._journal, self._admission, self._inventory,
-                              self._operations, create_delay=create_delay,
-                              connect_timeout=connect_timeout)
+        self._registration = Registration(
+            self._journal, self._admission,
+            next(iter(self._admission.credentials), "t100/").partition("/")[0],
+            bootstrap_password)
+        self._admission.registration = self._registration
+        self._broker = RegisteringBroker(self._journal, self._admission, self._inventory,
+                                         self._operations, create_delay=create_delay,
+                                         connect_timeout=connect_timeout,
+                                         registration=self._registration)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -258,6 +270,34 @@ class FakeTenant:
     def accept_connects(self) -> None:
         """Undo ``refuse_connects``."""
         self._call(self._admission.accept)
+
+    # ------------------------------------------------------------------ registration
+
+    def accept_registration(self, external_id: str) -> None:
+        """The operator accepts the device in Device management > Registration:
+        its next ``s/ucr`` poll gets ``70,<tenant>,device_<id>,<password>``."""
+        self._call(self._registration.accept, self.key(external_id))
+
+    def issued_credentials(self, external_id: str) -> tuple[str, str, str] | None:
+        """(tenant, user, password) issued to that device and not revoked."""
+        return self._call(lambda: self._registration.issued.get(self.key(external_id)))
+
+    def registration_requests(self, external_id: str) -> int:
+        """How many ``s/ucr`` polls that client made as the bootstrap user."""
+        return self._call(lambda: self._registration.requests.get(self.key(external_id), 0))
+
+    def revoke_credentials(self, external_id: str) -> tuple[str, str, str] | None:
+        """The device was deleted with its user: its login stops working (CONNACK
+        4, ref §1.9), its live session is dropped, the inventory forgets it."""
+        return self._call(self._revoke, self.key(external_id))
+
+    def _revoke(self, key: str) -> tuple[str, str, str] | None:
+        issued = self._registration.revoke(key)
+        self._inventory.devices.pop(key, None)
+        conn = self._broker.active.get(key)
+        if conn is not None:
+            self._broker.close(conn, "device deleted (revoke_credentials)")
+        return issued
 
     def withhold_puback(self, client_id: str, on: bool) -> None:
         """Receive but do not PUBACK/PUBREC; switching off sends held acks."""

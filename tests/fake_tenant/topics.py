@@ -22,6 +22,10 @@ FREE_TOPICS = {"s/e", "s/dt", "s/dcr", "error"}
 
 REFUSED = 0x80
 
+# what the bootstrap user may use (ref §1.5): nothing else
+BOOTSTRAP_UP = {"s/ucr"}
+BOOTSTRAP_DOWN = {"s/dcr"}
+
 
 def grant(topic_filter: str, qos: int, device_ready: bool) -> tuple[int, str | None]:
     """SUBACK code for one filter, and the violation if it is refused."""
@@ -36,3 +40,11 @@ def grant(topic_filter: str, qos: int, device_ready: bool) -> tuple[int, str | N
     if topic_filter in FREE_TOPICS:
         return qos, None
     return REFUSED, f"SUBSCRIBE to non-Cumulocity topic {topic_filter!r}"
+
+
+def grant_bootstrap(topic_filter: str, qos: int) -> tuple[int, str | None]:
+    """SUBACK code for the bootstrap user's filter, and the violation if refused."""
+    if topic_filter in BOOTSTRAP_DOWN:
+        return qos, None
+    return REFUSED, (f"the bootstrap user subscribed {topic_filter!r} (it may only "
+                     f"subscribe {', '.join(BOOTSTRAP_DOWN)})")

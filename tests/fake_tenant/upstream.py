@@ -11,7 +11,7 @@ broker's; device and operation state live in ``inventory`` and
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Any, Callable
 
 from .connection import Connection
 from .inventory import Inventory
@@ -37,9 +37,13 @@ class Upstream:
         self.operations = operations
         self.deliver = deliver
         self.create_delay = create_delay
+        self.registration: Any = None  # bootstrap sessions (registration.Registration)
 
     def handle(self, conn: Connection, topic: str, payload: bytes) -> float:
         """Validate/apply one upstream message; returns the PUBACK delay."""
+        if self.registration is not None and self.registration.is_bootstrap(conn.key):
+            self.registration.publish(conn, topic, payload, self.deliver)
+            return 0.0
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
