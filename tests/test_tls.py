@@ -22,10 +22,10 @@ def agent_config(directory: Path, port: int, status_port: int, tls: str,
                  credentials: str = f"tenant: t1, user: u, password: {PASSWORD}",
                  devices=DEVICES, host: str = "127.0.0.1") -> Path:
     """A config of our own: write_config() writes a password-only cumulocity line."""
-    device_lines = "".join(
-        f"  - {{name: {name}, type: {kind}, interval_s: 0.5"
-        f"{', external_id: ' + ext if ext else ''}}}\n"
-        for name, kind, *rest in devices for ext in [rest[0] if rest else None])
+    device_lines = "".join(  # explicit IDs: the default ones carry this machine's ID
+        f"  - {{name: {name}, type: {kind}, interval_s: 0.5, "
+        f"external_id: {rest[0] if rest else 'c8ysim-' + name}}}\n"
+        for name, kind, *rest in devices)
     path = directory / "c8ysim.yaml"
     path.write_text(
         "site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"
