@@ -12,7 +12,8 @@ PAHO16_PACKAGES := 'paho-mqtt==1.6.1' 'bottle==0.12.23' 'PyYAML==6.0.1' \
 # probe client, so under 1.6 it fails without saying anything about the agent.
 PAHO16_TESTS ?= $(filter-out tests/test_fake_tenant.py,$(sort $(wildcard tests/test_e2e.py \
     tests/test_tls.py tests/test_auth.py tests/test_uplink*.py tests/test_fake_tenant*.py \
-    tests/test_protocol.py tests/test_session.py tests/test_restart.py)))
+    tests/test_protocol.py tests/test_session.py tests/test_restart.py tests/test_bootstrap.py \
+    tests/test_hostid.py)))
 
 TEST_EXTRA += test-paho16
 

@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
@@ -81,7 +81,7 @@ class Endpoint:
     port: int
     client_id: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     keepalive_s: int
     ca_file: str | None = None
     cert_file: str | None = None
