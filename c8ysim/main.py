@@ -72,8 +72,11 @@ def _load_or_report(path: str) -> config.Config | None:
 
 def _check_config(args) -> int:
     path = config.config_path(args.path)
-    if _load_or_report(path) is None:
+    cfg = _load_or_report(path)
+    if cfg is None:
         return exits.CONFIG
+    print(status_cli.table([[d.name, d.type, d.external_id] for d in cfg.devices],
+                           ("DEVICE", "TYPE", "EXTERNAL ID (the MQTT client ID)")))
     print(f"{path}: OK")
     return 0
 
@@ -117,7 +120,7 @@ def _register(args) -> int:
               "register themselves: they log in with the configured credentials (or "
               "certificates)", file=sys.stderr)
     code = exits.OK
-    rows = [("DEVICE", "EXTERNAL ID", "CREDENTIALS")]
+    rows = []
     for device in cfg.devices:
         path = credentials.path_for(cfg.storage.path, device.name)
         try:
@@ -126,13 +129,11 @@ def _register(args) -> int:
         except OSError as exc:
             stored = f"unknown: cannot look into {path.parent} ({exc.strerror})"
             code = exits.FAILURE
-        rows.append((device.name, device.external_id, stored))
+        rows.append([device.name, device.external_id, stored])
     if bootstrap is not None:
         print("In Cumulocity, add each external ID without credentials under Device "
               "management > Registration, then accept the device once it asks.")
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for name, external_id, stored in rows:
-        print(f"{name:<{widths[0]}}  {external_id:<{widths[1]}}  {stored}")
+    print(status_cli.table(rows, ("DEVICE", "EXTERNAL ID", "CREDENTIALS")))
     return code
 
 

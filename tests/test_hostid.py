@@ -7,6 +7,9 @@ machine IDs get different IDs and both stay online; the same machine gets the sa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +114,15 @@ def test_two_machines_on_one_tenant_get_their_own_devices(tmp_path, agent_factor
             assert sessions == 1 and tenant.is_connected(client), (client, sessions)
             assert [f[0] for f in tenant.lines(client)].count("201") >= 3, client
         assert tenant.violations == []
+
+
+def test_check_config_shows_the_ids_to_register(tmp_path):
+    (tmp_path / "machine-id").write_text("5555555566666666" * 2 + "\n")
+    path = write_default_id_config(tmp_path, 1883, 8080)
+    result = subprocess.run([sys.executable, "-m", "c8ysim", "check-config", str(path)],
+                            capture_output=True, text=True, timeout=30,
+                            env={**os.environ, hostid.ENV_VAR: str(tmp_path / "machine-id")})
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[-1] == f"{path}: OK", result.stderr
+    assert lines[1].split() == ["pv-roof", "pv", "c8ysim-55555555-pv-roof"]
+    assert lines[2].split() == ["grid-meter", "grid", "c8ysim-55555555-grid-meter"]

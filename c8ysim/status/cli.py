@@ -77,7 +77,7 @@ def render(view: dict) -> str:
             f"{sv.fmt_age(agent.get('uptime_s'))}  uplink {agent.get('uplink', '?')}  "
             f"config {agent.get('config', '?')}")
     rows = [_row(d) for d in view.get("devices", [])]
-    return (head + "\n\n" + _table(rows, COLUMNS) +
+    return (head + "\n\n" + table(rows, COLUMNS) +
             "\n\npower: + drawn from the grid side, - delivered (PV output, grid export)")
 
 
@@ -96,7 +96,7 @@ def _n(value) -> str:
     return sv.MISSING if value is None else str(value)
 
 
-def _table(rows: list[list[str]], header) -> str:
+def table(rows: list[list[str]], header) -> str:
     """Left-aligned columns two spaces apart."""
     lines = [list(header)] + rows
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
