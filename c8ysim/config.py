@@ -86,7 +86,7 @@ class CumulocityConfig:
     keepalive_s: int = 60
     reconnect_max_s: float = 300.0
     required_interval_min: int = 10
-    max_lines_per_s: float = 100.0  # drain pace per device (Cumulocity throttles tenants)
+    max_lines_per_s: float = 100.0  # the site's drain budget, split across its devices
     # Devices without a login of their own register with it and store the one issued.
     bootstrap: BootstrapConfig | None = None
 

@@ -122,7 +122,7 @@ class Device:
             revision=__version__, supported_operations=("c8y_Restart",),
             required_interval_min=c8y.required_interval_min)
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
-                       random.Random(), c8y.max_lines_per_s)
+                       random.Random(), drain_share(self.config))
 
     @property
     def uplink(self) -> Session | Bootstrap | None:
@@ -307,6 +307,12 @@ def load_model_state(buffer: Buffer) -> dict | None:
     except ValueError:
         log.error("stored model state is unreadable; energy registers restart at 0")
         return None
+
+
+def drain_share(config: Config) -> float:
+    """This device's part of the site's drain budget (`cumulocity.max_lines_per_s` is the
+    tenant's limit as the whole site may use it, split evenly across the devices)."""
+    return config.cumulocity.max_lines_per_s / max(1, len(config.devices))
 
 
 def _slot(t: float, interval_s: float) -> float:
