@@ -1,13 +1,28 @@
-"""Measurements as tests read them, and the JSON measurement checker rule.
+"""Measurements as tests read them, and the measurement checker rules.
 
 Owns the meaning of measurement payloads: turning a valid SmartREST
 measurement line (200, 201, 210-212) into a plain dict for
-``FakeTenant.measurements``, and checker rule 9 for JSON measurements.
+``FakeTenant.measurements``, checker rule 9 for JSON measurements, and the
+unit rules a dashboard relies on (``unit_problems``, ``unit_changes``):
+
+* one unit per fragment: Cumulocity draws one chart per fragment, so every
+  series of a fragment shares its unit (ref §4.1);
+* except the sensor library's energy fragments (ref §4.3), which by
+  definition carry registers and powers side by side; there each series
+  family has exactly the library's unit (A± kWh, P± W, Ri±/Rc± kVArh,
+  Qi±/Qc± kVAr, with or without a phase suffix ``:1``..``:3``), and a series
+  the library does not define is a problem;
+* a series appears at most once per measurement, and keeps its unit from one
+  measurement to the next (a chart has one axis per unit).
+
+The platform itself stores whatever it is sent; these rules are stricter, as a
+dashboard built on the data would need them to be.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Iterable
 
 from .smartrest import strip_trailing_empty
 from .templates import check_arguments, is_iso_time
@@ -90,3 +105,51 @@ def _numeric_value(val: Any) -> bool:
     """``{"value": <int or float, not bool>, ...}``."""
     return (isinstance(val, dict) and not isinstance(val.get("value"), bool)
             and isinstance(val.get("value"), (int, float)))
+
+
+ENERGY_FRAGMENTS = frozenset({
+    "c8y_SinglePhaseEnergyMeasurement", "c8y_ThreePhaseEnergyMeasurement",
+    # the spelling of the sensor library's own examples (ref §4.3, §10.4)
+    "c8y_SinglePhaseElectricityMeasurement", "c8y_ThreePhaseElectricityMeasurement"})
+_ENERGY_SERIES = re.compile(r"^(A|P|Ri|Rc|Qi|Qc)[+-](:[123])?$")
+_ENERGY_UNITS = {"A": "kWh", "P": "W", "Ri": "kVArh", "Rc": "kVArh", "Qi": "kVAr", "Qc": "kVAr"}
+
+
+def unit_problems(measurement: dict[str, Any]) -> list[str]:
+    """The unit rules for one measurement (a ``measurement_from_fields`` dict)."""
+    problems: list[str] = []
+    units: dict[str, set[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    for item in measurement["series"]:
+        fragment, series, unit = item["fragment"], item["series"], item["unit"]
+        if (fragment, series) in seen:
+            problems.append(f"{fragment}.{series} appears twice")
+        seen.add((fragment, series))
+        if fragment not in ENERGY_FRAGMENTS:
+            units.setdefault(fragment, set()).add(unit)
+            continue
+        match = _ENERGY_SERIES.match(series)
+        if match is None:
+            problems.append(f"{fragment}.{series} is not a series of the sensor library")
+        elif fragment.startswith("c8y_SinglePhase") and match.group(2):
+            problems.append(f"{fragment}.{series}: a phase in a single-phase fragment")
+        elif unit != _ENERGY_UNITS[match.group(1)]:
+            problems.append(f"{fragment}.{series} in {unit!r}, the sensor library says "
+                            f"{_ENERGY_UNITS[match.group(1)]!r}")
+    for fragment, found in units.items():
+        if len(found) > 1:
+            problems.append(f"{fragment} mixes units {sorted(found)}")
+    return problems
+
+
+def unit_changes(measurements: Iterable[dict[str, Any]]) -> list[str]:
+    """Series whose unit differs from the one they had in an earlier measurement."""
+    first: dict[tuple[str, str], str] = {}
+    problems = []
+    for measurement in measurements:
+        for item in measurement["series"]:
+            key = (item["fragment"], item["series"])
+            unit = first.setdefault(key, item["unit"])
+            if unit != item["unit"]:
+                problems.append(f"{key[0]}.{key[1]} changed unit from {unit!r} to {item['unit']!r}")
+    return problems
