@@ -6,8 +6,8 @@ keeps every live reading and sends the backfill after what it had queued) and th
 drains them like any backlog, paced by `cumulocity.max_lines_per_s`. Readings are streamed
 to the store in transactions, never held all at once.
 
-Energy registers must never go back in Cumulocity's timeline, so the backfilled register
-values are counted backwards from the device's current ones: at time t the register reads
+Energy registers (every kWh series) must never go back in Cumulocity's timeline, so the
+backfilled register values are counted backwards from the device's current ones: at time t the register reads
 `current - energy(t .. now)`, floored at zero. Alarms are left out (Cumulocity keeps one
 active alarm per type; replayed raises would fight the live state); events are kept.
 """
@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from c8ysim import sim
 from c8ysim.uplink import smartrest
 
-REGISTER_SERIES = ("A+", "A-")
+REGISTER_SERIES = ("A+", "A-", "heat")  # the heat pump's thermal register too
 ROWS_PER_TRANSACTION = 1000
 SPAN_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_SPAN_S = 366 * 86400
@@ -74,7 +74,7 @@ def _shift_registers(reading: sim.Reading, last: sim.Reading, now: sim.Reading) 
         if item.series in REGISTER_SERIES and item.unit == "kWh":
             to_end = (last.value(item.fragment, item.series) or 0.0) - item.value
             current = now.value(item.fragment, item.series) or 0.0
-            item = dataclasses.replace(item, value=round(max(0.0, current - to_end), 4))
+            item = item._replace(value=round(max(0.0, current - to_end), 4))
         series.append(item)
     return dataclasses.replace(reading, series=tuple(series), alarms_raised=(),
                                alarms_cleared=())

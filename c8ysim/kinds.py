@@ -38,11 +38,15 @@ class Kind:
 
 
 KINDS: Mapping[str, Kind] = MappingProxyType({kind.name: kind for kind in (
+    # An inverter above three_phase_above_kw is three-phase (VDE-AR-N 4105: at most 4.6 kVA
+    # on one phase), else single-phase on `phase` (1-3).
     Kind("pv", "c8ysim_PvInverter", "c8ysim.sim.devices:PvModel",
-         {"peak_kw": 5.0, "tilt_deg": 30.0, "azimuth_deg": 180.0, "inverter_kw": 4.6},
+         {"peak_kw": 5.0, "tilt_deg": 30.0, "azimuth_deg": 180.0, "inverter_kw": 4.6,
+          "three_phase_above_kw": 4.6, "phase": 1.0},
          tile="PV", words=("generating", "drawing"), shown_sign=-1),
+    # `phases`: 3 (a balanced three-phase compressor) or 1 (on `phase`, 1-3).
     Kind("heatpump", "c8ysim_HeatPump", "c8ysim.sim.devices:HeatPumpModel",
-         {"rated_kw": 3.0, "building_kwh_per_year": 12000.0},
+         {"rated_kw": 3.0, "building_kwh_per_year": 12000.0, "phases": 3.0, "phase": 1.0},
          tile="heat pump", words=("drawing", "delivering")),
     Kind("grid", "c8ysim_GridMeter", "c8ysim.sim.devices:GridMeterModel", {},
          tile="grid", words=("importing", "exporting"), tile_words=("import", "export"),

@@ -1,6 +1,7 @@
-"""Across real processes: every device reads at the same wall-clock slots, and the grid
+"""Across real processes: every device reads at the same wall-clock slots, the grid
 child's published value equals load + heat pump - PV from the other children's published
-readings at the same timestamp (no IPC between the children)."""
+readings at the same timestamp (no IPC between the children), and every 201 line they
+publish has one unit per fragment."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from datetime import datetime
 from c8ysim import config
 from c8ysim.sim.household import Household
 from conftest import free_port, wait_until, write_config
+from fake_tenant.measurements import measurement_from_fields, unit_changes, unit_problems
+from fake_tenant.smartrest import parse_smartrest
 
-POWER = {"c8ysim_PvInverter": ("c8y_SinglePhaseEnergyMeasurement", -1),
-         "c8ysim_HeatPump": ("c8y_SinglePhaseEnergyMeasurement", 1),
-         "c8ysim_GridMeter": ("c8y_ThreePhaseEnergyMeasurement", 1)}
+SIGN = {"c8ysim_PvInverter": -1, "c8ysim_HeatPump": 1, "c8ysim_GridMeter": 1}
 
 
-def net_power_w(fields: list[str], fragment: str) -> float:
-    """P+ minus P- of `fragment` from a 201 line's (fragment, series, value, unit) groups."""
+def net_power_w(fields: list[str]) -> float:
+    """P+ minus P- (the totals, not the phases) of the energy fragment of a 201 line's
+    (fragment, series, value, unit) groups."""
     watts = 0.0
-    for i in range(3, len(fields) - 3, 4):
-        if fields[i] == fragment and fields[i + 1] in ("P+", "P-"):
+    for i in range(3, len(fields) - 2, 4):
+        if fields[i].endswith("PhaseEnergyMeasurement") and fields[i + 1] in ("P+", "P-"):
             watts += float(fields[i + 2]) * (1 if fields[i + 1] == "P+" else -1)
     return watts
 
@@ -29,10 +31,9 @@ def by_time(recorder) -> dict[float, dict[str, float]]:
     table: dict[float, dict[str, float]] = {}
     for line in recorder.lines():
         fields = line.split(",")
-        if fields[0] == "201" and fields[1] in POWER:
-            fragment, sign = POWER[fields[1]]
+        if fields[0] == "201" and fields[1] in SIGN:
             t = datetime.fromisoformat(fields[2]).timestamp()
-            table.setdefault(t, {})[fields[1]] = sign * net_power_w(fields, fragment)
+            table.setdefault(t, {})[fields[1]] = SIGN[fields[1]] * net_power_w(fields)
     return table
 
 
@@ -61,3 +62,13 @@ def test_grid_equals_load_plus_heatpump_minus_pv_across_processes(tmp_path, mosq
     assert any(by_time(recorder)[t]["c8ysim_PvInverter"] > 100 for t in complete())
     slots = sorted(by_time(recorder))
     assert all(abs((t * 2) - round(t * 2)) < 1e-6 for t in slots)  # on the 0.5 s grid
+
+    measurements: dict[str, list] = {}
+    for line in recorder.lines():
+        if line.startswith("201,"):
+            (parsed,) = parse_smartrest(line)
+            measurement = measurement_from_fields(parsed.fields)
+            assert measurement is not None and unit_problems(measurement) == [], line
+            measurements.setdefault(measurement["type"], []).append(measurement)
+    assert set(measurements) == set(SIGN)
+    assert all(unit_changes(found) == [] for found in measurements.values())

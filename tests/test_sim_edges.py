@@ -28,12 +28,13 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from hypothesis import given, note
+from pytest import approx
 from hypothesis import strategies as st
 
 from c8ysim.sim import DeviceSpec, Site, build_model
 from c8ysim.sim.clock import wrap_longitude
-from c8ysim.sim.heatpump import (COP_MAX, COP_MIN, DEFROST_FLOW_DROP_K, FLOW_MAX_C, FLOW_MIN_C, cop,
-                                flow_temperature_c)
+from c8ysim.sim.heatpump import (COP_MAX, COP_MIN, DEFROST_FLOW_DROP_K, FLOW_MAX_C, FLOW_MIN_C,
+                                MAX_SPREAD_K, cop, flow_temperature_c)
 from c8ysim.sim.household import Household, Snapshot, grid_balance_w
 from c8ysim.sim.noise import value_noise
 from c8ysim.sim.pv import (MAX_RATING_KW, PvArray, erbs_diffuse_fraction, faiman_cell_temp_c, haurwitz_ghi,
@@ -108,11 +109,18 @@ def check_snapshot(household: Household, snap: Snapshot) -> None:
         assert not bad(hp.heat_w, 0.0, max(rated, 50.0) * COP_MAX), (name, hp, where)
         assert not bad(hp.cop, COP_MIN, COP_MAX), (name, hp, where)
         assert not bad(hp.flow_temp_c, FLOW_MIN_C - DEFROST_FLOW_DROP_K, 55.0), (name, hp, where)
+        assert not bad(hp.return_temp_c, FLOW_MIN_C - MAX_SPREAD_K, 55.0), (name, hp, where)
     assert not bad(snap.load_w, 0.0), where
     assert not bad(snap.grid_w), where
     assert snap.grid_w == grid_balance_w(snap.load_w, [h.power_w for h in snap.heatpumps.values()],
                                          [p.ac_w for p in snap.pv.values()]), where
     assert not bad(snap.voltage_v, SAG_LOW_V, SWELL_HIGH_V), where
+    assert all(not bad(v, SAG_LOW_V, SWELL_HIGH_V) for v in snap.phase_voltage_v), where
+    assert all(not bad(w) for w in (*snap.phase_load_w, *snap.grid_phase_w)), where
+    assert sum(snap.phase_load_w) == approx(snap.load_w, rel=1e-9, abs=1e-6), where
+    assert sum(snap.grid_phase_w) == approx(snap.grid_w, rel=1e-9, abs=1e-3 + 1e-9 * (
+        snap.load_w + sum(p.ac_w for p in snap.pv.values())
+        + sum(h.power_w for h in snap.heatpumps.values()))), where
 
 
 class Fleet:
@@ -131,7 +139,7 @@ class Fleet:
                 assert math.isfinite(s.value), (name, t, s)
                 if s.unit in ("W", "A", "kWh"):
                     assert s.value >= 0.0, (name, t, s)
-            for register in ("A+", "A-"):
+            for register in model.REGISTERS:
                 assert math.isfinite(state["registers"][register]), (name, t, state)
                 assert state["registers"][register] >= before[register], (name, t, before, state)
             self.states[name] = state

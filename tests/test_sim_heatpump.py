@@ -51,9 +51,11 @@ def test_reported_flow_temperature_follows_outdoor_temperature():
         if hp.mode == HEATING and not hp.defrost:
             checked += 1
             expected = min(55.0, max(30.0, 45.0 - 1.2 * snap.weather.temp_c))
-            assert reading.value("c8ysim_HeatPump", "flowTemp") == pytest.approx(expected, abs=0.051)
-            outdoor = reading.value("c8y_TemperatureMeasurement", "T")
-            assert outdoor == pytest.approx(snap.weather.temp_c, abs=0.051)
+            temps = reading.fragment("c8ysim_HeatPumpTemperature")
+            assert temps["flow"] == pytest.approx(expected, abs=0.051)
+            assert temps["outdoor"] == pytest.approx(snap.weather.temp_c, abs=0.051)
+            assert expected - 7.6 < temps["return"] < temps["flow"]  # it delivers heat
+            assert reading.fragment("c8y_TemperatureMeasurement") == {}  # T is a device's own
     assert checked > 50
 
 
@@ -134,13 +136,13 @@ def test_defrost_only_in_band_and_reported_as_event_once_per_start():
     for i in range(2 * 4320):  # two days at 20 s
         t = start + i * 20.0
         state, reading = model.step(state, t, 20.0)
-        flag = reading.value("c8ysim_HeatPump", "defrost")
+        flag = model.household.snapshot(t).heatpumps["hp"].defrost  # an event, not a series
         if flag:
             defrost_ticks += 1
             temp = model.household.snapshot(t).weather.temp_c
             assert -7.0 <= temp <= 5.0
         for event in reading.events:
-            assert event.type == "c8ysim_Defrost" and flag == 1.0
+            assert event.type == "c8ysim_Defrost" and flag
             events += 1
     assert events >= 3
     assert defrost_ticks >= events * 11  # each defrost lasts at least 4 minutes
@@ -158,3 +160,56 @@ def test_zero_rating_is_always_off():
     household = Household(site(rated_kw=0.0))
     for _, _, out in outputs(household, utc("2024-01-15T00:00:00"), 1, 600.0):
         assert out.mode == STANDBY and out.power_w <= 50.0
+
+
+def test_thermal_register_power_cop_and_return_temperature_agree():
+    """What DataHub needs for the seasonal performance factor: the thermal register integrates
+    the thermal power, the COP series is thermal over electrical power, and the return
+    temperature carries the heat (thermal power = m c_p (flow - return))."""
+    model = build_model(site(), "hp")
+    unit = model.household.heatpumps["hp"]
+    state, heat_kwh, running = model.initial_state(), 0.0, 0
+    start = utc("2024-01-20T00:00:00")
+    for i in range(1, 1441):  # a winter day at 60 s
+        t = start + i * 60.0
+        before = state["registers"]["heat"]
+        state, reading = model.step(state, t, 60.0)
+        assert state["registers"]["heat"] >= before
+        out = model.household.snapshot(t).heatpumps["hp"]
+        heat_kwh += out.heat_w * 60.0 / 3.6e6
+        electrical = reading.value("c8y_ThreePhaseEnergyMeasurement", "P+")
+        thermal = reading.value("c8ysim_ThermalPower", "heat")
+        assert reading.value("c8ysim_ThermalEnergy", "heat") == round(state["registers"]["heat"], 4)
+        cop = reading.value("c8ysim_COP", "COP")
+        temps = reading.fragment("c8ysim_HeatPumpTemperature")
+        if thermal > 0.0:
+            running += 1
+            assert cop == pytest.approx(thermal / electrical, abs=0.006)
+            assert thermal == pytest.approx(out.heat_w, abs=0.051)
+            assert out.heat_w == pytest.approx(
+                unit.flow_w_per_k * (out.flow_temp_c - out.return_temp_c), rel=1e-9)
+            assert 0.0 < temps["flow"] - temps["return"] <= 7.6
+        else:
+            assert cop == 0.0
+            assert temps["return"] >= temps["flow"]  # standby: equal; defrost: the coil is cold
+    assert running > 300
+    assert state["registers"]["heat"] == pytest.approx(heat_kwh, rel=1e-9)
+    spf = state["registers"]["heat"] / state["registers"]["A+"]
+    assert 2.0 < spf < 5.0, spf
+
+
+def test_three_phase_by_default_single_phase_on_request():
+    three = build_model(site(), "hp")
+    single = build_model(site(phases=1.0, phase=2.0), "hp")
+    t = utc("2024-01-20T07:00:00")
+    _, r3 = three.step(three.initial_state(), t, 1.0)
+    _, r1 = single.step(single.initial_state(), t, 1.0)
+    power = r3.value("c8y_ThreePhaseEnergyMeasurement", "P+")
+    phases = [r3.value("c8y_ThreePhaseEnergyMeasurement", f"P+:{n}") for n in (1, 2, 3)]
+    assert power > 500.0 and round(sum(phases) * 10) == round(power * 10)
+    assert set(r3.fragment("c8y_VoltageMeasurement")) == {"voltage:1", "voltage:2", "voltage:3"}
+    assert r1.value("c8y_SinglePhaseEnergyMeasurement", "P+") == power
+    assert r1.energy_fragment() == "c8y_SinglePhaseEnergyMeasurement"
+    volts = r1.value("c8y_VoltageMeasurement", "voltage")
+    assert volts == round(single.household.snapshot(t).phase_voltage_v[1], 1)  # on L2
+    assert r1.value("c8y_CurrentMeasurement", "current") == pytest.approx(power / (volts * 0.95), abs=0.002)

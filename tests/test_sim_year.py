@@ -22,8 +22,10 @@ Checked per site:
   temperature (lower on colder hours); electrical input higher on colder hours.
 - grid = load + heat pump - PV within 1 W at every timestamp, between separately built
   Households and between the three device models' rounded readings.
-- A+/A- registers of every device never decrease (state JSON round-tripped every step,
-  as the agent persists it) and add up to the integrated power.
+- A+/A- registers of every device (and the heat pump's thermal register) never decrease
+  (state JSON round-tripped every step, as the agent persists it), nor does any kWh series
+  the readings report, and they add up to the integrated power; the three-phase
+  fragments' phases add up exactly to their totals; PV readings are 0 W and 0 A at night.
 - Same seed: bit-identical series; different seed: different series.
 """
 
@@ -248,23 +250,37 @@ def test_registers_monotonic_and_readings_balance(year):
     states = {name: m.initial_state() for name, m in models.items()}
     load = Household(site)  # the household load is not a device: compute it independently
     integrated = {"pv": 0.0, "meter+": 0.0, "meter-": 0.0}
+    reported: dict[tuple, float] = {}  # the last reported value of every kWh series
     steps = 0
     for day in range(0, 365, REGISTER_DAY_STRIDE):
         for t in day_times(day):
             readings = {}
+            sun_up = load.snapshot(t).sun.up
             for name, model in models.items():
                 before = states[name]["registers"]
                 state, reading = model.step(json.loads(json.dumps(states[name])), t, STEP_S)
                 after = state["registers"]
-                assert after["A+"] >= before["A+"] and after["A-"] >= before["A-"], (name, t)
+                assert all(after[k] >= before.get(k, 0.0) for k in after), (name, t)
                 states[name], readings[name] = state, reading
+                for item in reading.series:
+                    if item.unit == "kWh":
+                        key = (name, item.fragment, item.series)
+                        assert item.value >= reported.get(key, 0.0), (key, t)
+                        reported[key] = item.value
+                    if item.fragment == "c8y_ThreePhaseEnergyMeasurement" and ":" in item.series:
+                        total = reading.value(item.fragment, item.series.partition(":")[0])
+                        phases = [reading.value(item.fragment, item.series[:-1] + n) for n in "123"]
+                        assert round(total * 10) == sum(round(p * 10) for p in phases), (name, t)
+                if name.startswith("pv") and not sun_up:  # the readings say 0, too
+                    assert power(reading, "P-") == 0.0, (name, t)
+                    assert set(reading.fragment("c8y_CurrentMeasurement").values()) == {0.0}
             steps += 1
-            frag1, frag3 = "c8y_SinglePhaseEnergyMeasurement", "c8y_ThreePhaseEnergyMeasurement"
-            pv = readings["pv"].value(frag1, "P-") + readings["pv-big"].value(frag1, "P-")
-            hp = readings["hp"].value(frag1, "P+")
+            frag3 = "c8y_ThreePhaseEnergyMeasurement"
+            pv = power(readings["pv"], "P-") + power(readings["pv-big"], "P-")
+            hp = power(readings["hp"], "P+")
             grid = readings["meter"].value(frag3, "P+") - readings["meter"].value(frag3, "P-")
             assert abs(grid - (load.snapshot(t).load_w + hp - pv)) < 1.0, t
-            integrated["pv"] += readings["pv"].value(frag1, "P-") * STEP_S / 3.6e6
+            integrated["pv"] += power(readings["pv"], "P-") * STEP_S / 3.6e6
             integrated["meter+"] += readings["meter"].value(frag3, "P+") * STEP_S / 3.6e6
             integrated["meter-"] += readings["meter"].value(frag3, "P-") * STEP_S / 3.6e6
     assert steps == len(range(0, 365, REGISTER_DAY_STRIDE)) * STEPS_PER_DAY
@@ -275,6 +291,11 @@ def test_registers_monotonic_and_readings_balance(year):
     assert regs["pv"]["A-"] == pytest.approx(integrated["pv"], rel=0.05)
     assert regs["meter"]["A+"] == pytest.approx(integrated["meter+"], rel=0.05)
     assert regs["meter"]["A-"] == pytest.approx(integrated["meter-"], rel=0.10)
+
+
+def power(reading, name: str) -> float:
+    """P+ or P- of the reading's energy fragment (single- or three-phase)."""
+    return reading.value(reading.energy_fragment(), name)
 
 
 def _series(site: Site, days: range) -> list[tuple]:

@@ -43,16 +43,28 @@ HOUR_S, STEP_S = 3600, 5
 
 
 def reading(kind: str, t: float, watts: float) -> dict:
-    """A reading shaped like the device models' heartbeat summary."""
-    base = {"time": t, "c8y_VoltageMeasurement.voltage": 231.2,
-            "c8y_CurrentMeasurement.current": round(abs(watts) / 231.2, 3)}
+    """A reading shaped like the device models' heartbeat summary: a single-phase inverter,
+    a three-phase heat pump and grid meter (with per-phase series, `P+:1`, `voltage:2`)."""
     if kind == "pv":
-        return {**base, f"{SINGLE}.P-": watts, f"{SINGLE}.A-": 12.5,
-                "c8ysim_PvInverter.irradiance": 640.0}
+        return {"time": t, f"{SINGLE}.P-": watts, f"{SINGLE}.A-": 12.5,
+                "c8y_VoltageMeasurement.voltage": 231.2,
+                "c8y_CurrentMeasurement.current": round(abs(watts) / 231.2, 3),
+                "c8y_TemperatureMeasurement.T": 31.5, "c8ysim_Irradiance.planeOfArray": 640.0}
+    phases = ([watts / 3] * 3 if kind == "heatpump"
+              else [watts * 0.5 + 200.0, watts * 0.5 - 150.0, -50.0])
+    base = {"time": t, **{f"c8y_VoltageMeasurement.voltage:{n}": 231.0 + n for n in (1, 2, 3)},
+            **{f"c8y_CurrentMeasurement.current:{n}": round(abs(w) / 231.0, 3)
+               for n, w in enumerate(phases, 1)}}
     if kind == "heatpump":
-        return {**base, f"{SINGLE}.P+": watts, f"{SINGLE}.A+": 3.25,
-                "c8y_TemperatureMeasurement.T": 4.5}
-    return {**base, f"{THREE}.P+": max(watts, 0.0), f"{THREE}.P-": max(-watts, 0.0),
+        return {**base, f"{THREE}.P+": watts, **{f"{THREE}.P+:{n}": w for n, w in enumerate(phases, 1)},
+                f"{THREE}.A+": 3.25, "c8ysim_HeatPumpTemperature.outdoor": 4.5,
+                "c8ysim_HeatPumpTemperature.flow": 39.6, "c8ysim_HeatPumpTemperature.return": 37.1,
+                "c8ysim_ThermalPower.heat": watts * 3.2, "c8ysim_ThermalEnergy.heat": 10.4,
+                "c8ysim_COP.COP": 3.2}
+    return {**base, f"{THREE}.P+": sum(max(w, 0.0) for w in phases),
+            f"{THREE}.P-": sum(max(-w, 0.0) for w in phases),
+            **{f"{THREE}.P+:{n}": max(w, 0.0) for n, w in enumerate(phases, 1)},
+            **{f"{THREE}.P-:{n}": max(-w, 0.0) for n, w in enumerate(phases, 1)},
             f"{THREE}.A+": 100.5, f"{THREE}.A-": 20.25}
 
 
@@ -65,7 +77,16 @@ def history_of(kind: str, now: float, span_s: float = HOUR_S) -> list[dict]:
 
 
 UNITS = {"voltage": "V", "current": "A", "P+": "W", "P-": "W", "A+": "kWh", "A-": "kWh",
-         "irradiance": "W/m2", "T": "C"}
+         "planeOfArray": "W/m2", "T": "C", "outdoor": "C", "flow": "C", "return": "C",
+         "COP": ""}
+
+
+def unit_of(key: str) -> str:
+    """The unit of "<fragment>.<series>", as the heartbeat's `units` carries it."""
+    fragment, _, series = key.partition(".")
+    if fragment in ("c8ysim_ThermalPower", "c8ysim_ThermalEnergy"):
+        return "W" if fragment.endswith("Power") else "kWh"
+    return UNITS[series.partition(":")[0]]
 
 
 def device(name: str, kind: str, now: float, **extra) -> dict:
@@ -75,7 +96,7 @@ def device(name: str, kind: str, now: float, **extra) -> dict:
         pid=4242, time=now - 0.5, connection=Link.ONLINE, connected=True,
         connected_since=now - 600, inflight=2, sent=1234, reconnects=1, last_ack=now - 1.5,
         queued=3, oldest_queued_age_s=2.5, last_reading=last,
-        units={key: UNITS[key.partition(".")[2]] for key in last if key != "time"})
+        units={key: unit_of(key) for key in last if key != "time"})
     return {**dataclasses.asdict(beat), "name": name, "type": kind,
             "external_id": f"c8ysim-{name}", "state": "running", "restarts": 0,
             "last_exit": None, **extra}
@@ -229,6 +250,28 @@ def test_power_is_found_in_whichever_energy_fragment_is_present():
     assert status_view.energy_kwh(reading("grid", 1, 0)) == {"import": 100.5, "export": 20.25}
     keys = status_view.energy_keys(reading("pv", 1, 5))
     assert status_view.power_w(reading("grid", 1, 40), keys) == 40  # keys of another kind
+
+
+def test_per_phase_series_are_shown_per_phase_and_never_taken_for_the_totals():
+    grid = reading("grid", 1, 600.0)  # L1 +500, L2 +150, L3 -50: P+ 650, P- 50
+    assert status_view.energy_keys(grid) == {key: f"{THREE}.{key}" for key in ("P+", "P-", "A+", "A-")}
+    assert status_view.power_w(grid) == 600.0
+    history = [reading("grid", t, 600.0) for t in range(100, 160, 5)]
+    assert status_view.power_buckets(history, 160, 60, 12)[0] == (0, 600.0)
+    labels = {label: unit for label, unit, _ in
+              status_view.series_items(grid, {key: unit_of(key) for key in grid if key != "time"})}
+    assert labels["power in L1"] == "W" and labels["power out L3"] == "W"
+    assert labels["voltage L2"] == "V" and labels["current L3"] == "A"
+    hp = reading("heatpump", 1, 900.0)
+    labels = [label for label, _, _ in status_view.series_items(hp, None)]
+    assert {"heat output", "heat delivered", "outdoor", "flow", "return", "COP"} <= set(labels)
+    assert len(labels) == len(set(labels))  # no two series share a label
+
+
+def test_the_data_table_shows_a_three_phase_devices_voltages_and_currents(loop):
+    page = loop.get("/data?device=grid-meter&window=5m")[2].decode()
+    assert "<td>232\u202fV / 233\u202fV / 234\u202fV</td>" in page
+    assert "power in L1" in page and "voltage L1" not in page  # in its column, not "other"
 
 
 @pytest.mark.parametrize("watts, text", [

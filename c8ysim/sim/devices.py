@@ -1,35 +1,47 @@
 """Device models: turn a site snapshot into one device's Reading, state and alarms.
 
-Owns the Cumulocity view of each device (fragments, series, rounding; Reading.type is the
-kind's `c8y_type` in `c8ysim.kinds`, which also names these classes) and the `Model`
+Owns the Cumulocity view of each device (fragments, series, units, rounding; Reading.type is
+the kind's `c8y_type` in `c8ysim.kinds`, which also names these classes) and the `Model`
 protocol implementation: `initial_state()` and `step(state, t, dt)`.
 
 State (JSON-serialisable, persisted by the agent):
   {"registers": {"A+": kWh, "A-": kWh}, "alarms": [active alarm types]}, plus
-  "clipped_at" (PV: last t the inverter clipped, or null) or "defrost" (heat pump: bool).
+  "clipped_at" (PV: last t the inverter clipped, or null) or "defrost" (heat pump: bool), and
+  the heat pump's thermal register "heat" (kWh) beside A+/A-.
 step never mutates its input, tolerates missing keys (a fresh or foreign state), dt = 0,
 huge dt (sub-stepped fast-forward) and t going backwards (nothing is integrated).
 
-Measurement mapping (sign convention: + into the device from the grid side, - out of it):
-- PV inverter, c8ysim_PvInverter: AC output side. c8y_SinglePhaseEnergyMeasurement
-  P- (W, generation delivered by the inverter) and A- (kWh generated); voltage = the
-  shared grid voltage, current = P/V; c8ysim_PvInverter irradiance (plane of array, W/m2)
-  and cellTemp (C). Alarm c8ysim_InverterClipping (WARNING) while the inverter clips; it
-  clears after 15 minutes without clipping (else every cloud gap would raise a new one).
-- Heat pump, c8ysim_HeatPump: electrical input P+ (W) and A+ (kWh), current = P/V;
-  c8y_TemperatureMeasurement.T = outdoor temperature; c8ysim_HeatPump flowTemp (C),
-  COP, heatPower (W) and defrost (0/1). A defrost start is an Event c8ysim_Defrost (not
-  an alarm: defrosting is normal operation, nobody has to acknowledge it).
-- Grid meter, c8ysim_GridMeter: c8y_ThreePhaseEnergyMeasurement totals P+ (import W),
-  P- (export W; one of the two is 0), A+ (import kWh, OBIS 1.8.0), A- (export kWh,
-  2.8.0); current = |P| / (V * 0.95), the single-phase-equivalent current.
-Every device reports the shared voltage and raises c8ysim_VoltageAlarm (MAJOR) while it
-is outside 230 V +/-10 %.
+Fragments (README "Measurements" has the table). Rule: all series of one fragment share one
+unit, except the sensor library's energy fragments, which carry the kWh registers A+/A- and
+the W powers P+/P- side by side. Sign convention: + into the device from the grid side
+(P+, A+), - out of it (P-, A-). A single-phase device reports `c8y_VoltageMeasurement.voltage`
+and `c8y_CurrentMeasurement.current` of its phase and `c8y_SinglePhaseEnergyMeasurement`; a
+three-phase one `voltage:1..3`, `current:1..3` (the library's phase suffix, as in `P+:1`)
+and `c8y_ThreePhaseEnergyMeasurement` with its totals and `P+:n`/`P-:n` per phase, which add
+up exactly (0.1 W units) to the totals. Current = |P| / (V pf), POWER_FACTOR per kind.
+- PV inverter, c8ysim_PvInverter: AC output side. P- (W, delivered) and A- (kWh generated);
+  single-phase up to `three_phase_above_kw`, balanced three-phase above;
+  c8y_TemperatureMeasurement.T = module (cell) temperature; c8ysim_Irradiance.planeOfArray
+  (W/m2). Alarm c8ysim_InverterClipping (WARNING) while the inverter clips; it clears after
+  15 minutes without clipping (else every cloud gap would raise a new one).
+- Heat pump, c8ysim_HeatPump: electrical input P+ (W) and A+ (kWh), three-phase by default;
+  c8ysim_HeatPumpTemperature {outdoor, flow, return} (C); c8ysim_ThermalPower.heat (W) and
+  the register c8ysim_ThermalEnergy.heat (kWh), so that thermal over electrical energy is
+  the seasonal performance factor; c8ysim_COP.COP = heat / electrical power now (0 while
+  no heat is delivered: standby, defrost). A defrost start is an Event c8ysim_Defrost (not an
+  alarm, nor a series: defrosting is normal operation, nobody has to acknowledge it).
+- Grid meter, c8ysim_GridMeter: c8y_ThreePhaseEnergyMeasurement P+ (W, the importing
+  phases), P- (the exporting ones), P+:1..3, P-:1..3 (one of each pair is 0), A+ (import kWh,
+  OBIS 1.8.0) and A- (export kWh, 2.8.0) integrating P+ and P-: the meter does not net
+  across phases (`phases.meter_flows`).
+Every device raises c8ysim_VoltageAlarm (MAJOR) while a voltage it reports is outside
+230 V +/-10 %.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from c8ysim.kinds import KINDS
 from c8ysim.sim import Alarm, DeviceSpec, Event, Reading, Series
@@ -37,55 +49,95 @@ from c8ysim.sim.alarms import (CLIPPING_ALARM, DEFROST_EVENT, MAJOR, VOLTAGE_ALA
                               read_active, transition)
 from c8ysim.sim.energy import advance, integrate_kwh, read_registers
 from c8ysim.sim.household import Household, Snapshot
-from c8ysim.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V, outside_band
+from c8ysim.sim.phases import exact_parts, meter_flows
+from c8ysim.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V, NOMINAL_V, outside_band
 
-GRID_POWER_FACTOR = 0.95
+POWER_FACTOR = {"pv": 1.0, "heatpump": 0.95, "grid": 0.95}
+GRID_POWER_FACTOR = POWER_FACTOR["grid"]
 CLIPPING_CLEAR_AFTER_S = 15 * 60.0  # one alarm per sunny spell, not one per cloud gap
 VOLTAGE, CURRENT = "c8y_VoltageMeasurement", "c8y_CurrentMeasurement"
 SINGLE_PHASE, THREE_PHASE = "c8y_SinglePhaseEnergyMeasurement", "c8y_ThreePhaseEnergyMeasurement"
+TEMPERATURE = "c8y_TemperatureMeasurement"
+IRRADIANCE = "c8ysim_Irradiance"
+HP_TEMPERATURES, THERMAL_POWER, THERMAL_ENERGY = (
+    "c8ysim_HeatPumpTemperature", "c8ysim_ThermalPower", "c8ysim_ThermalEnergy")
+COP_FRAGMENT = "c8ysim_COP"
+POWER_DIGITS, ENERGY_DIGITS, CURRENT_DIGITS = 1, 4, 3
+PHASE_VOLTAGES = ("voltage:1", "voltage:2", "voltage:3")
+PHASE_CURRENTS = ("current:1", "current:2", "current:3")
 
 
 def _nonneg(value: float, digits: int) -> float:
     return round(max(value, 0.0), digits) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-def electrical_series(volts: float, amps: float) -> list[Series]:
-    return [Series(VOLTAGE, "voltage", round(volts, 1), "V"),
-            Series(CURRENT, "current", _nonneg(amps, 3), "A")]
-
-
 def power_series(fragment: str, name: str, watts: float) -> Series:
-    return Series(fragment, name, _nonneg(watts, 1), "W")
+    return Series(fragment, name, _nonneg(watts, POWER_DIGITS), "W")
 
 
 def energy_series(fragment: str, name: str, kwh: float) -> Series:
-    return Series(fragment, name, _nonneg(kwh, 4), "kWh")
+    return Series(fragment, name, _nonneg(kwh, ENERGY_DIGITS), "kWh")
 
 
-def voltage_alarm(volts: float) -> Alarm | None:
-    if not outside_band(volts):
+def phase_power_series(fragment: str, name: str, phase_w: Sequence[float]) -> list[Series]:
+    """`name` (the total) and `name:1..3`, rounded so that the phases add up to the total."""
+    total, (p1, p2, p3) = exact_parts(phase_w, POWER_DIGITS)
+    return [Series(fragment, name, total, "W"), Series(fragment, name + ":1", p1, "W"),
+            Series(fragment, name + ":2", p2, "W"), Series(fragment, name + ":3", p3, "W")]
+
+
+def electrical_series(volts: Sequence[float], amps: Sequence[float]) -> list[Series]:
+    """One phase: `voltage`, `current`; three: `voltage:1..3`, `current:1..3`."""
+    if len(volts) == 1:
+        return [Series(VOLTAGE, "voltage", round(volts[0], 1), "V"),
+                Series(CURRENT, "current", _nonneg(amps[0], CURRENT_DIGITS), "A")]
+    return ([Series(VOLTAGE, name, round(v, 1), "V") for name, v in zip(PHASE_VOLTAGES, volts)]
+            + [Series(CURRENT, name, _nonneg(a, CURRENT_DIGITS), "A")
+               for name, a in zip(PHASE_CURRENTS, amps)])
+
+
+def current_a(watts: float, volts: float, power_factor: float) -> float:
+    """|P| / (V pf); 0 for a voltage that is no voltage."""
+    return abs(watts) / (volts * power_factor) if volts > 0.0 else 0.0
+
+
+def voltage_alarm(volts: Sequence[float]) -> Alarm | None:
+    """The alarm while any of `volts` is outside the band (the text names the worst)."""
+    outside = [v for v in volts if outside_band(v)]
+    if not outside:
         return None
+    worst = max(outside, key=lambda v: abs(v - NOMINAL_V))
     return Alarm(VOLTAGE_ALARM, MAJOR,
-                 f"Grid voltage {volts:.1f} V outside {ALARM_LOW_V:.0f}-{ALARM_HIGH_V:.0f} V")
+                 f"Grid voltage {worst:.1f} V outside {ALARM_LOW_V:.0f}-{ALARM_HIGH_V:.0f} V")
 
 
 class DeviceModel:
     """Common step logic; subclasses say what the device measures."""
 
+    REGISTERS: tuple[str, ...] = ("A+", "A-")  # state registers, in the order of `flows_w`
+
     def __init__(self, household: Household, spec: DeviceSpec):
         self.household, self.spec = household, spec
-        self.reading_type = KINDS[spec.kind].c8y_type
+        self.kind = KINDS[spec.kind]
+        self.reading_type = self.kind.c8y_type
+        self.placement = household.placement[spec.name]
+        self.power_factor = POWER_FACTOR.get(spec.kind, 1.0)
 
     def initial_state(self) -> dict:
-        return {"registers": {"A+": 0.0, "A-": 0.0}, "alarms": []}
+        return {"registers": dict.fromkeys(self.REGISTERS, 0.0), "alarms": []}
 
-    def meter_power_w(self, snap: Snapshot) -> float:
+    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
+        """The power flows (W, >= 0) the registers integrate, in REGISTERS order."""
+        raise NotImplementedError
+
+    def flows_at(self, t: float) -> tuple[float, ...]:
+        """`flows_w` at any t, computing only what this device needs (for sub-steps)."""
         raise NotImplementedError
 
     def step(self, state: dict, t: float, dt: float) -> tuple[dict, Reading]:
         snap = self.household.snapshot(t)
-        consumed, delivered = integrate_kwh(self._power_at, t, dt, self.meter_power_w(snap))
-        registers = advance(read_registers(state), consumed, delivered)
+        increments = integrate_kwh(self.flows_at, t, dt, self.flows_w(snap))
+        registers = advance(read_registers(state, self.REGISTERS), increments)
         before, extra = read_active(state), self.extra_state(snap, state)
         active, raised, cleared = transition(before, self.alarm_conditions(snap, before, extra))
         new_state = {"registers": registers, "alarms": active, **extra}
@@ -93,15 +145,33 @@ class DeviceModel:
                           raised, cleared, self.events(snap, state))
         return new_state, reading
 
-    def _power_at(self, t: float) -> float:
-        return self.household.meter_power_w(self.spec.name, t)
+    def volts(self, snap: Snapshot) -> tuple[float, ...]:
+        """The voltages this device reports: its phase's, or all three."""
+        return tuple(snap.phase_voltage_v[n] for n in self.placement.phases)
+
+    def electrical(self, snap: Snapshot, watts: float) -> list[Series]:
+        """Voltage and current of a device drawing or delivering `watts` evenly on its phases."""
+        volts = self.volts(snap)
+        share = watts / len(volts)
+        return electrical_series(volts, [current_a(share, v, self.power_factor) for v in volts])
+
+    def energy(self, name: str, watts: float, registers: dict[str, float]) -> list[Series]:
+        """The energy fragment: the power `name` (P+ or P-) with its phases when three-phase,
+        and the register A+ or A- that integrates it."""
+        register = "A" + name[1:]
+        if self.placement.three_phase:
+            third = max(watts, 0.0) / 3.0
+            powers = phase_power_series(THREE_PHASE, name, (third, third, third))
+            return [*powers, energy_series(THREE_PHASE, register, registers[register])]
+        return [power_series(SINGLE_PHASE, name, watts),
+                energy_series(SINGLE_PHASE, register, registers[register])]
 
     def extra_state(self, snap: Snapshot, state: dict) -> dict:
         """Device-specific keys of the next state."""
         return {}
 
     def alarm_conditions(self, snap: Snapshot, before: set[str], extra: dict) -> dict[str, Alarm | None]:
-        return {VOLTAGE_ALARM: voltage_alarm(snap.voltage_v)}
+        return {VOLTAGE_ALARM: voltage_alarm(self.volts(snap))}
 
     def events(self, snap: Snapshot, state: dict) -> tuple[Event, ...]:
         return ()
@@ -111,8 +181,11 @@ class DeviceModel:
 
 
 class PvModel(DeviceModel):
-    def meter_power_w(self, snap: Snapshot) -> float:
-        return -snap.pv[self.spec.name].ac_w
+    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
+        return (0.0, snap.pv[self.spec.name].ac_w)
+
+    def flows_at(self, t: float) -> tuple[float, ...]:
+        return (0.0, self.household.pv_output(self.spec.name, t).ac_w)
 
     def extra_state(self, snap: Snapshot, state: dict) -> dict:
         """{"clipped_at": the last t the inverter clipped, or None}."""
@@ -132,19 +205,25 @@ class PvModel(DeviceModel):
 
     def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
         pv = snap.pv[self.spec.name]
-        return [*electrical_series(snap.voltage_v, pv.ac_w / snap.voltage_v),
-                power_series(SINGLE_PHASE, "P-", pv.ac_w),
-                energy_series(SINGLE_PHASE, "A-", registers["A-"]),
-                Series("c8ysim_PvInverter", "irradiance", round(pv.poa_w_m2, 0) + 0.0, "W/m2"),
-                Series("c8ysim_PvInverter", "cellTemp", round(pv.cell_temp_c, 1), "C")]
+        return [*self.energy("P-", pv.ac_w, registers),
+                *self.electrical(snap, pv.ac_w),
+                Series(TEMPERATURE, "T", round(pv.cell_temp_c, 1), "C"),
+                Series(IRRADIANCE, "planeOfArray", round(pv.poa_w_m2, 0) + 0.0, "W/m2")]
 
 
 class HeatPumpModel(DeviceModel):
+    REGISTERS = ("A+", "A-", "heat")
+
     def initial_state(self) -> dict:
         return {**super().initial_state(), "defrost": False}
 
-    def meter_power_w(self, snap: Snapshot) -> float:
-        return snap.heatpumps[self.spec.name].power_w
+    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
+        hp = snap.heatpumps[self.spec.name]
+        return (hp.power_w, 0.0, hp.heat_w)
+
+    def flows_at(self, t: float) -> tuple[float, ...]:
+        hp = self.household.heatpump_output(self.spec.name, t)
+        return (hp.power_w, 0.0, hp.heat_w)
 
     def extra_state(self, snap: Snapshot, state: dict) -> dict:
         return {"defrost": snap.heatpumps[self.spec.name].defrost}
@@ -157,25 +236,30 @@ class HeatPumpModel(DeviceModel):
 
     def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
         hp = snap.heatpumps[self.spec.name]
-        return [*electrical_series(snap.voltage_v, hp.power_w / snap.voltage_v),
-                power_series(SINGLE_PHASE, "P+", hp.power_w),
-                energy_series(SINGLE_PHASE, "A+", registers["A+"]),
-                Series("c8y_TemperatureMeasurement", "T", round(snap.weather.temp_c, 1), "C"),
-                Series("c8ysim_HeatPump", "flowTemp", round(hp.flow_temp_c, 1), "C"),
-                Series("c8ysim_HeatPump", "COP", round(hp.cop, 2), ""),
-                power_series("c8ysim_HeatPump", "heatPower", hp.heat_w),
-                Series("c8ysim_HeatPump", "defrost", 1.0 if hp.defrost else 0.0, "")]
+        cop_now = hp.heat_w / hp.power_w if hp.power_w > 0.0 else 0.0
+        return [*self.energy("P+", hp.power_w, registers),
+                *self.electrical(snap, hp.power_w),
+                Series(HP_TEMPERATURES, "outdoor", round(snap.weather.temp_c, 1), "C"),
+                Series(HP_TEMPERATURES, "flow", round(hp.flow_temp_c, 1), "C"),
+                Series(HP_TEMPERATURES, "return", round(hp.return_temp_c, 1), "C"),
+                power_series(THERMAL_POWER, "heat", hp.heat_w),
+                energy_series(THERMAL_ENERGY, "heat", registers["heat"]),
+                Series(COP_FRAGMENT, "COP", _nonneg(cop_now, 2), "")]
 
 
 class GridMeterModel(DeviceModel):
-    def meter_power_w(self, snap: Snapshot) -> float:
-        return snap.grid_w
+    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
+        return meter_flows(snap.grid_phase_w)
+
+    def flows_at(self, t: float) -> tuple[float, ...]:
+        return meter_flows(self.household.grid_phases_w(t))
 
     def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
-        amps = abs(snap.grid_w) / (snap.voltage_v * GRID_POWER_FACTOR)
-        return [*electrical_series(snap.voltage_v, amps),
-                power_series(THREE_PHASE, "P+", snap.grid_w),
-                power_series(THREE_PHASE, "P-", -snap.grid_w),
+        phases = snap.grid_phase_w
+        volts = snap.phase_voltage_v
+        amps = [current_a(w, v, self.power_factor) for w, v in zip(phases, volts)]
+        return [*phase_power_series(THREE_PHASE, "P+", [max(w, 0.0) for w in phases]),
+                *phase_power_series(THREE_PHASE, "P-", [max(-w, 0.0) for w in phases]),
                 energy_series(THREE_PHASE, "A+", registers["A+"]),
-                energy_series(THREE_PHASE, "A-", registers["A-"])]
-
+                energy_series(THREE_PHASE, "A-", registers["A-"]),
+                *electrical_series(volts, amps)]

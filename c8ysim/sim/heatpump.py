@@ -29,6 +29,10 @@ Owns the heat-pump physics. Electrical input is a pure function of (site, spec, 
 - Defrost (outdoor -7..+5 C, compressor running): in each UTC hour with probability 0.6, a
   4-8 minute reverse cycle; electrical power dips to 70 %, flow temperature by 6 K and
   no heat is delivered. The device model reports its start as an Event.
+- Return temperature: a fixed-speed circulation pump moves the water at a flow that carries
+  the unit's rated heat (rated_kw * DESIGN_COP) at DESIGN_SPREAD_K, so the return is
+  flow - heat / (m c_p): ~1.5 K below the flow at part load, 5 K at full load, equal to it
+  in standby (no heat), and warmer than the flow during a defrost (the water heats the coil).
 - Standby (controller, circulation pump) 20-50 W, stepping every 10 minutes.
 
 Total for any finite input (issue 13, defect 10): the COP is a clamped linear regression
@@ -63,6 +67,8 @@ DEFROST_MIN_TEMP_C, DEFROST_MAX_TEMP_C = -7.0, 5.0
 DEFROST_PROBABILITY_PER_HOUR = 0.6
 DEFROST_MIN_S, DEFROST_MAX_S = 4 * 60.0, 8 * 60.0
 DEFROST_POWER_FRACTION, DEFROST_FLOW_DROP_K = 0.7, 6.0
+DESIGN_COP, DESIGN_SPREAD_K = 4.0, 5.0  # sizes the circulation flow (W of heat per K)
+MAX_SPREAD_K = DESIGN_SPREAD_K * COP_MAX / DESIGN_COP  # full power at the best COP
 REFERENCE_YEAR_START_S = 978307200.0  # 2001-01-01T00:00Z, a plain non-leap year
 HOURS_PER_YEAR = 8760
 MAX_RATED_KW = 1e6  # 1 GW; see pv.MAX_RATING_KW
@@ -79,6 +85,7 @@ class HpOutput:
     flow_temp_c: float
     mode: str
     defrost: bool
+    return_temp_c: float  # water coming back from the house
 
 
 def flow_temperature_c(temp_out_c: float) -> float:
@@ -122,11 +129,13 @@ class HeatPump:
         self.name, self.weather = spec.name, weather
         self.rated_w = bounded_rating(spec.param("rated_kw"), MAX_RATED_KW) * 1000.0
         self.min_w = self.rated_w * MIN_MODULATION_FRACTION
+        self.flow_w_per_k = self.rated_w * DESIGN_COP / DESIGN_SPREAD_K  # circulation m * c_p
         self.ua_w_per_k = ua_w_per_k(spec.param("building_kwh_per_year"), site.latitude)
         key = lambda name: stream_key(site.seed, f"heatpump/{spec.name}/{name}")  # noqa: E731
         self._k_cycle, self._k_dhw = key("cycle"), key("hot-water")
         self._k_defrost, self._k_standby = key("defrost"), key("standby")
         self._cycle_phase_s = CYCLE_SLOT_S * uniform(key("cycle-phase"), 0)
+        self._slot_memo: tuple[int | None, float] = (None, 0.0)
 
     def heating_need_w(self, temp_out_c: float, daily_mean_c: float) -> float:
         """Electrical power the space-heating demand asks for, before modulation limits."""
@@ -141,11 +150,18 @@ class HeatPump:
             flow, running, mode = flow_temperature_c(temp), self._heating_w(t, weather), HEATING
         the_cop = cop(temp, flow)
         if running <= 0.0:
-            return HpOutput(self._standby_w(t), 0.0, the_cop, flow, STANDBY, False)
+            return HpOutput(self._standby_w(t), 0.0, the_cop, flow, STANDBY, False, flow)
+        heat = running * the_cop
+        back = flow - self._spread_k(heat)
         if self._defrosting(t, temp):
             return HpOutput(running * DEFROST_POWER_FRACTION, 0.0, the_cop,
-                            flow - DEFROST_FLOW_DROP_K, mode, True)
-        return HpOutput(running, running * the_cop, the_cop, flow, mode, False)
+                            flow - DEFROST_FLOW_DROP_K, mode, True, back)
+        return HpOutput(running, heat, the_cop, flow, mode, False, back)
+
+    def _spread_k(self, heat_w: float) -> float:
+        """Flow minus return (K) while delivering `heat_w`; 0 without a circulation flow."""
+        spread = heat_w / self.flow_w_per_k if self.flow_w_per_k > 0.0 else 0.0
+        return clamp(spread, 0.0, MAX_SPREAD_K) if math.isfinite(spread) else 0.0
 
     def _heating_w(self, t: float, weather: Weather) -> float:
         need = self.heating_need_w(weather.temp_c, weather.daily_mean_c)
@@ -158,13 +174,19 @@ class HeatPump:
     def _cycle_on(self, t: float) -> bool:
         slot = math.floor((t - self._cycle_phase_s) / CYCLE_SLOT_S)
         slot_start = slot * CYCLE_SLOT_S + self._cycle_phase_s
+        return t - slot_start < self._slot_on_s(slot, slot_start)
+
+    def _slot_on_s(self, slot: int, slot_start: float) -> float:
+        """How long the unit runs in a cycle slot (0: it skips the slot). A pure function of
+        the slot, remembered for the slot at hand (every tick of 50 minutes asks for it)."""
+        if self._slot_memo[0] == slot:
+            return self._slot_memo[1]
         duty = self.heating_need_w(*self.weather.temperatures_c(slot_start)) / self.min_w
         on_s = min(duty * CYCLE_SLOT_S, CYCLE_ON_MAX_S)
         if on_s < CYCLE_ON_MIN_S:
-            if uniform(self._k_cycle, slot) >= on_s / CYCLE_ON_MIN_S:
-                return False
-            on_s = CYCLE_ON_MIN_S
-        return t - slot_start < on_s
+            on_s = 0.0 if uniform(self._k_cycle, slot) >= on_s / CYCLE_ON_MIN_S else CYCLE_ON_MIN_S
+        self._slot_memo = (slot, on_s)
+        return on_s
 
     def _hot_water(self, t: float, local: LocalTime) -> bool:
         day = math.floor((t + local.utc_offset_s) / 86400.0)

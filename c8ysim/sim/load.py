@@ -103,6 +103,11 @@ class HouseholdLoad:
     def power_w(self, t: float, local: LocalTime) -> float:
         return self.base_w(t, local) + sum(self._appliance_w(i, t, local) for i in range(len(APPLIANCES)))
 
+    def components_w(self, t: float, local: LocalTime) -> tuple[float, tuple[float, ...]]:
+        """(base load, each appliance in APPLIANCES order); base + sum(appliances) is
+        `power_w` bit for bit."""
+        return self.base_w(t, local), tuple(self._appliance_w(i, t, local) for i in range(len(APPLIANCES)))
+
     def base_w(self, t: float, local: LocalTime) -> float:
         x = local.hour - 0.5
         hour = math.floor(x)

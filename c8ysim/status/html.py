@@ -302,10 +302,16 @@ def _row(name: str, reading: dict, units: dict | None) -> str:
     energy = sv.energy_kwh(reading)
     values = {label: sv.fmt_value(value, unit)
               for label, unit, value in sv.series_items(reading, units)}
-    main = ("voltage", "current", "power in", "power out", "energy in", "energy out")
+    phased = {f"{k} L{n}" for k in ("voltage", "current") for n in (1, 2, 3)}
+    main = ("voltage", "current", "power in", "power out", "energy in", "energy out", *phased)
     other = ", ".join(f"{k} {v}" for k, v in values.items() if k not in main)
+
+    def column(label: str) -> str:  # one phase, or the three of a three-phase device
+        three = [values[f"{label} L{n}"] for n in (1, 2, 3) if f"{label} L{n}" in values]
+        return values.get(label) or " / ".join(three) or sv.MISSING
+
     cells = [sv.fmt_clock(reading["time"]), name, sv.fmt_power(sv.power_w(reading)),
-             values.get("voltage", sv.MISSING), values.get("current", sv.MISSING),
+             column("voltage"), column("current"),
              sv.fmt_value(energy.get("import"), "kWh"),
              sv.fmt_value(energy.get("export"), "kWh"), other]
     return "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"

@@ -7,7 +7,9 @@ clock times. No HTML, no HTTP, no third-party imports (the CLI uses this module 
 
 A reading is {"time": epoch, "<fragment>.<series>": value, ...}. Power is P+ minus P- of the
 fragment whose name ends in "EnergyMeasurement" (+ drawn from the grid side, - delivered);
-energy registers are its A+ (import) and A- (export), in kWh.
+energy registers are its A+ (import) and A- (export), in kWh. A three-phase device's
+per-phase series (`P+:1`, `voltage:2`, ...) are shown as such ("power in L1") and never taken
+for the totals.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ READY_MAX_QUEUED = 10_000  # /readyz fails while any device has this many rows q
 MISSING = "\u2014"  # shown where a value is unknown (no beat, no reading yet)
 UNIT_SYMBOLS = {"C": "\u00b0C", "W/m2": "W/m\u00b2"}  # as units read on a page
 SERIES_LABELS = {"voltage": "voltage", "current": "current", "P+": "power in",
-                 "P-": "power out", "A+": "energy in", "A-": "energy out", "T": "temperature"}
+                 "P-": "power out", "A+": "energy in", "A-": "energy out", "T": "temperature",
+                 "planeOfArray": "irradiance", "outdoor": "outdoor", "flow": "flow",
+                 "return": "return"}
+KEY_LABELS = {"c8ysim_ThermalPower.heat": "heat output",  # one series name, two fragments
+              "c8ysim_ThermalEnergy.heat": "heat delivered"}
 
 Reading = dict
 
@@ -78,10 +84,19 @@ def series_items(reading: Reading | None, units: dict | None) -> list[tuple[str,
     for key, value in (reading or {}).items():
         if key == "time":
             continue
-        series = key.partition(".")[2] or key
         unit = (units or {}).get(key) or ""
-        items.append((SERIES_LABELS.get(series, series), UNIT_SYMBOLS.get(unit, unit), value))
+        items.append((series_label(key), UNIT_SYMBOLS.get(unit, unit), value))
     return items
+
+
+def series_label(key: str) -> str:
+    """How a page names "<fragment>.<series>": "power in", "voltage L2", "heat output"."""
+    if key in KEY_LABELS:
+        return KEY_LABELS[key]
+    series = key.partition(".")[2] or key
+    base, colon, phase = series.partition(":")
+    label = SERIES_LABELS.get(base, base)
+    return f"{label} L{phase}" if colon else label
 
 
 def power_buckets(history: list[Reading], now: float, span_s: float,
