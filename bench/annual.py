@@ -3,11 +3,13 @@
 Runs the pure models (`c8ysim.sim.household.Household`, no agent processes) over one
 calendar year at fixed steps (default 15 min; each step's instantaneous powers times the
 step) and prints, per site: PV yield (kWh and kWh/kWp), heat-pump electrical input and
-heat delivered (and their ratio, the seasonal COP), household load, grid import and
-export, self-consumption share ((PV - export) / PV) and self-sufficiency
-((load + HP - import) / (load + HP)). Import and export are netted per step, as a
-meter would within that step; a finer --step-min nets less and shows slightly more of
-both. Madrid is the sample site's devices and seed moved to 40.42 N, 3.70 W.
+heat delivered (and their ratio, the seasonal performance factor), household load, grid
+import and export as the meter counts them (phase by phase: it does not net across
+phases, so a single-phase inverter's export on L1 is export even while L2 imports), the
+same netted across the phases for comparison, self-consumption share ((PV - export) / PV)
+and self-sufficiency ((load + HP - import) / (load + HP)). Within a step import and
+export are netted; a finer --step-min nets less and shows slightly more of both. Madrid
+is the sample site's devices and seed moved to 40.42 N, 3.70 W.
 
     .venv/bin/python bench/annual.py [--config etc/c8ysim.yaml] [--year 2025] [--step-min 15]
 """
@@ -27,6 +29,7 @@ sys.path[:0] = [str(REPO)]
 from c8ysim import config as agent_config  # noqa: E402
 from c8ysim.sim import Site  # noqa: E402
 from c8ysim.sim.household import Household  # noqa: E402
+from c8ysim.sim.phases import meter_flows  # noqa: E402
 
 
 def annual(site: Site, year: int, step_s: float) -> dict[str, float]:
@@ -34,7 +37,7 @@ def annual(site: Site, year: int, step_s: float) -> dict[str, float]:
     start = datetime(year, 1, 1, tzinfo=timezone.utc).timestamp()
     end = datetime(year + 1, 1, 1, tzinfo=timezone.utc).timestamp()
     wh = step_s / 3600.0 / 1000.0  # W -> kWh for one step
-    pv = hp = heat = load = imp = exp = 0.0
+    pv = hp = heat = load = imp = exp = net_imp = net_exp = 0.0
     t = start + step_s / 2.0  # mid-step samples
     while t < end:
         s = house.snapshot(t)
@@ -42,8 +45,11 @@ def annual(site: Site, year: int, step_s: float) -> dict[str, float]:
         hp += sum(h.power_w for h in s.heatpumps.values()) * wh
         heat += sum(h.heat_w for h in s.heatpumps.values()) * wh
         load += s.load_w * wh
-        imp += max(0.0, s.grid_w) * wh
-        exp += max(0.0, -s.grid_w) * wh
+        plus, minus = meter_flows(s.grid_phase_w)
+        imp += plus * wh
+        exp += minus * wh
+        net_imp += max(0.0, s.grid_w) * wh
+        net_exp += max(0.0, -s.grid_w) * wh
         t += step_s
     kwp = sum(d.param("peak_kw") for d in site.devices if d.kind == "pv")
     return {
@@ -51,10 +57,12 @@ def annual(site: Site, year: int, step_s: float) -> dict[str, float]:
         "PV yield kWh/kWp": pv / kwp if kwp else 0.0,
         "heat pump electrical kWh": hp,
         "heat pump heat delivered kWh": heat,
-        "heat pump seasonal COP": heat / hp if hp else 0.0,
+        "heat pump seasonal performance factor": heat / hp if hp else 0.0,
         "household load kWh": load,
-        "grid import kWh": imp,
-        "grid export kWh": exp,
+        "grid import kWh (meter, A+)": imp,
+        "grid export kWh (meter, A-)": exp,
+        "grid import kWh, phases netted": net_imp,
+        "grid export kWh, phases netted": net_exp,
         "self-consumption %": 100.0 * (pv - exp) / pv if pv else 0.0,
         "self-sufficiency %": 100.0 * (load + hp - imp) / (load + hp) if load + hp else 0.0,
     }

@@ -1,9 +1,10 @@
 """Render one simulated summer day and one winter day of the site's devices to PNG.
 
-For a person to look at: top panel the powers over the local day (PV AC output, heat-pump
-electrical input, household load, grid meter signed: + import, - export), bottom panel
-the outdoor temperature. Uses the pure models (`Household`, no agent processes) at
-2-minute steps. Default days: the first clear day from 21 June and the coldest clear day
+For a person to look at, over the local day: the powers (PV AC output, heat-pump electrical
+input and heat output, household load, grid meter signed: + import, - export), the grid
+meter's three phases (+ import, - export: single-phase loads and inverter, three-phase heat
+pump), the three phase voltages, and the temperatures (outdoor, heat-pump flow and return,
+PV module). Uses the pure models (`Household`, no agent processes) at 2-minute steps. Default days: the first clear day from 21 June and the coldest clear day
 in January of --year (clear = the weather model's day type), so the pictures show a
 full PV bell with export at noon and a cold winter morning with a busy heat pump.
 Needs matplotlib (a dev-only dependency).
@@ -64,22 +65,31 @@ def default_winter(house: Household, site: Site, year: int) -> date:
 def plot_day(house: Household, site: Site, day: date, title: str, path: Path) -> dict[str, float]:
     start = local_midnight(day, site.timezone)
     end = local_midnight(day + timedelta(days=1), site.timezone)  # 23 or 25 h on DST days
-    hours, pv, hp, load, grid, temp = [], [], [], [], [], []
+    hours, pv, hp, heat, load, grid, temp = [], [], [], [], [], [], []
+    phases, volts, flow, back, cell = [], [], [], [], []
     t = start
     while t < end:
         s = house.snapshot(t)
         hours.append((t - start) / 3600.0)
         pv.append(sum(p.ac_w for p in s.pv.values()) / 1000.0)
         hp.append(sum(h.power_w for h in s.heatpumps.values()) / 1000.0)
+        heat.append(sum(h.heat_w for h in s.heatpumps.values()) / 1000.0)
         load.append(s.load_w / 1000.0)
         grid.append(s.grid_w / 1000.0)
         temp.append(s.weather.temp_c)
+        phases.append([w / 1000.0 for w in s.grid_phase_w])
+        volts.append(s.phase_voltage_v)
+        first_hp = next(iter(s.heatpumps.values()), None)
+        flow.append(first_hp.flow_temp_c if first_hp else math.nan)
+        back.append(first_hp.return_temp_c if first_hp else math.nan)
+        cell.append(next(iter(s.pv.values())).cell_temp_c if s.pv else math.nan)
         t += STEP_S
     kind = day_type(house, site, day)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, middle, volt_ax, bottom) = plt.subplots(
+        4, 1, figsize=(11, 11), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.3, 1.5]})
     top.plot(hours, pv, color="orange", label="PV AC output")
     top.plot(hours, hp, color="tab:red", label="heat pump (electrical)")
+    top.plot(hours, heat, color="tab:red", lw=0.7, ls="--", label="heat pump (heat output)")
     top.plot(hours, load, color="tab:gray", lw=0.8, label="household load")
     top.plot(hours, grid, color="tab:blue", lw=1.2, label="grid meter (+ import, - export)")
     top.fill_between(hours, grid, 0.0, where=[g < 0 for g in grid], color="tab:blue", alpha=0.15,
@@ -90,8 +100,23 @@ def plot_day(house: Household, site: Site, day: date, title: str, path: Path) ->
                   f"{site.longitude:.2f}, seed {site.seed}")
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
-    bottom.plot(hours, temp, color="tab:green")
-    bottom.set_ylabel("outdoor (C)")
+    for n, color in enumerate(("tab:brown", "tab:gray", "black")):
+        middle.plot(hours, [p[n] for p in phases], color=color, lw=0.8, label=f"grid L{n + 1}")
+    middle.axhline(0.0, color="black", lw=0.6)
+    middle.set_ylabel("grid per phase (kW)")
+    middle.legend(loc="upper left", fontsize=8, ncol=3)
+    middle.grid(alpha=0.3)
+    for n, color in enumerate(("tab:brown", "tab:gray", "black")):
+        volt_ax.plot(hours, [v[n] for v in volts], color=color, lw=0.7, label=f"L{n + 1}-N")
+    volt_ax.set_ylabel("voltage (V)")
+    volt_ax.legend(loc="upper left", fontsize=8, ncol=3)
+    volt_ax.grid(alpha=0.3)
+    bottom.plot(hours, temp, color="tab:green", label="outdoor")
+    bottom.plot(hours, flow, color="tab:red", lw=0.8, label="heat pump flow")
+    bottom.plot(hours, back, color="tab:purple", lw=0.8, label="heat pump return")
+    bottom.plot(hours, cell, color="orange", lw=0.8, label="PV module")
+    bottom.set_ylabel("temperature (C)")
+    bottom.legend(loc="center left", fontsize=8, ncol=4)
     bottom.set_xlabel(f"local time ({site.timezone}), h")
     bottom.set_xlim(0, hours[-1] + STEP_S / 3600.0)
     bottom.set_xticks(range(0, 25, 3))
@@ -101,8 +126,10 @@ def plot_day(house: Household, site: Site, day: date, title: str, path: Path) ->
     fig.savefig(path, dpi=100)
     plt.close(fig)
     kwh = STEP_S / 3600.0
-    return {"PV kWh": sum(pv) * kwh, "HP kWh": sum(hp) * kwh, "load kWh": sum(load) * kwh,
-            "grid min kW": min(grid), "grid max kW": max(grid), "T min": min(temp), "T max": max(temp)}
+    return {"PV kWh": sum(pv) * kwh, "HP kWh": sum(hp) * kwh, "heat kWh": sum(heat) * kwh,
+            "load kWh": sum(load) * kwh, "grid min kW": min(grid), "grid max kW": max(grid),
+            "V min": min(min(v) for v in volts), "V max": max(max(v) for v in volts),
+            "T min": min(temp), "T max": max(temp)}
 
 
 def main(argv: list[str] | None = None) -> int:
