@@ -56,6 +56,7 @@ class Heartbeat:
     inbound_ignored: int = 0  # operation lines ignored (malformed, not ours, unsupported)
     rejected: int = 0  # error lines the platform sent on s/e for our lines (not the expected)
     rejections: list | None = None  # the last few: [[epoch, "the s/e line"], ...]
+    drain_rate: float | None = None  # lines/s a backlog drains at now (lower after throttling)
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -6,10 +6,14 @@ child may "restart" (a new Operations on the same buffer, resume() first) in bet
 Properties:
 
 - handle() and resume() never raise;
-- a 501 is only ever published for a payload holding a `510,<own external id>` line;
-- at most one 501 until its acknowledgement callback ran (per process lifetime: callbacks of
-  a process that "died" never run);
-- everything published is a 501/502/503 for c8y_Restart.
+- a 501,c8y_Restart is only ever published for a payload holding a `510,<own external id>`
+  line; a 501 of another fragment never more often than own lines of its template came in;
+- no 501 of a fragment while a line of that fragment awaits its acknowledgement (per
+  process lifetime: callbacks of a process that "died" never run);
+- everything published is a 501/502/503 for c8y_Restart or a 501/502 of an operation
+  fragment c8ysim refuses;
+- once every acknowledgement came, no answer is owed any more and every 501 of a refused
+  fragment has its 502.
 
 ~200 examples by default; 10 000 with HYPOTHESIS_PROFILE=fuzz (`make fuzz`).
 """
@@ -24,7 +28,7 @@ from hypothesis import strategies as st
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
 from c8ysim.uplink import smartrest
-from c8ysim.uplink.operations import Operations
+from c8ysim.uplink.operations import OPERATION_FRAGMENTS, UNSUPPORTED_KEY, Operations
 from fuzzing import fuzz_settings
 
 OWN = "c8ysim-pv-roof"
@@ -37,6 +41,7 @@ FUZZ = fuzz_settings(examples_in_make_test=200)
 
 templates = st.one_of(
     st.sampled_from(["510", "0510", "00510", "511", "500", "106", "601", "603", "520", "530",
+                     "522", "515", "513",
                      "", "5l0", " 510", "510 ", "+510", "-510", "5 10", '"510"',
                      "\u0665\u0661\u0660"]),
     st.integers(0, 99999).map(str),
@@ -79,10 +84,32 @@ def asks_own_restart(payload: bytes) -> bool:
                for fields in smartrest.parse(payload))
 
 
+REFUSED_FRAGMENTS = set(OPERATION_FRAGMENTS.values())
+
+
 def allowed_line(line: str) -> bool:
     fields = smartrest.parse(line)
-    return (len(fields) == 1 and fields[0][0] in {"501", "502", "503"}
-            and fields[0][1] == "c8y_Restart")
+    if len(fields) != 1 or len(fields[0]) < 2:
+        return False
+    template, fragment = fields[0][:2]
+    return ((template in {"501", "502", "503"} and fragment == "c8y_Restart")
+            or (template in {"501", "502"} and fragment in REFUSED_FRAGMENTS))
+
+
+def fragment_of(line: str) -> str:
+    return smartrest.parse(line)[0][1]
+
+
+def own_deliveries(payload: bytes) -> dict[str, int]:
+    """Lines `<template>,OWN,...` of a refused operation, by fragment."""
+    found: dict[str, int] = {}
+    for fields in smartrest.parse(payload):
+        if len(fields) >= 2 and fields[1] == OWN and fields[0].isascii() and \
+                fields[0].isdigit() and not fields[0].startswith("0"):
+            fragment = OPERATION_FRAGMENTS.get(int(fields[0]))
+            if fragment:
+                found[fragment] = found.get(fragment, 0) + 1
+    return found
 
 
 class Device:
@@ -100,10 +127,14 @@ class Device:
     def publish(self, line: str, on_ack) -> None:
         assert isinstance(line, str) and allowed_line(line), line
         if line.startswith("501"):
-            assert not any(p.startswith("501") for p, _ in self.pending), (
-                "a second 501 before the first one's acknowledgement")
+            assert not any(fragment_of(p) == fragment_of(line) for p, _ in self.pending), (
+                f"{line} while a line of its fragment awaits its acknowledgement")
         self.published.append(line)
         self.pending.append((line, on_ack))
+
+    def count(self, template: str, fragment: str) -> int:
+        return sum(1 for line in self.published
+                   if line.startswith(f"{template},") and fragment_of(line) == fragment)
 
     def ack(self, how_many: int) -> None:
         for _ in range(min(how_many, len(self.pending))):
@@ -128,21 +159,38 @@ def test_operations_never_raise_and_only_own_510_restarts(script):
         device = Device(directory)
         try:
             restarts = 0
+            delivered: dict[str, int] = {}
             for action, arg in script:
                 if action == "handle":
-                    before = sum(line.startswith("501") for line in device.published)
+                    before = device.count("501", "c8y_Restart")
                     device.operations.handle(arg, device.publish)
-                    after = sum(line.startswith("501") for line in device.published)
+                    after = device.count("501", "c8y_Restart")
                     assert after - before <= 1, "more than one 501 for one payload"
                     if after > before:
                         assert asks_own_restart(arg), f"501 published for {arg!r}"
                         restarts += 1
+                    for fragment, n in own_deliveries(arg).items():
+                        delivered[fragment] = delivered.get(fragment, 0) + n
                 elif action == "ack":
                     device.ack(arg)
                 else:  # the child exits (restart, crash): unacknowledged callbacks are lost
                     device.new_process()
                     device.operations.resume(device.publish)
+                for fragment in REFUSED_FRAGMENTS:
+                    assert device.count("501", fragment) <= delivered.get(fragment, 0), \
+                        fragment
             event(f"501 published {min(restarts, 2)}x")
+            event(f"refused {min(sum(delivered.values()), 3)}x")
+            while True:  # every acknowledgement comes (and a requested restart): all ends
+                while device.pending:
+                    device.ack(len(device.pending))
+                if not device.operations.restart_requested:
+                    break
+                device.new_process()
+                device.operations.resume(device.publish)
+            assert device.buffer.get_meta(UNSUPPORTED_KEY) is None
+            for fragment in REFUSED_FRAGMENTS:
+                assert device.count("502", fragment) >= device.count("501", fragment)
         finally:
             device.close()
 
@@ -164,9 +212,53 @@ def test_own_510_publishes_one_501():
 
 
 def test_other_devices_and_garbage_publish_nothing():
-    for payload in (b"510,c8ysim-heatpump", b"511,c8ysim-pv-roof,ls", b"\xff\xfe510,",
-                    b"510", b"510,", b"", b"\n\n", f"5l0,{OWN}".encode()):
+    for payload in (b"510,c8ysim-heatpump", b"511,c8ysim-heatpump,ls", b"\xff\xfe510,",
+                    b"510", b"510,", b"", b"\n\n", f"5l0,{OWN}".encode(),
+                    f"999,{OWN}".encode(), f"520,{OWN}".encode(), f"0511,{OWN}".encode()):
         assert _run(payload) == [], payload
+
+
+def test_unsupported_operations_are_answered_one_at_a_time_in_order():
+    with tempfile.TemporaryDirectory(prefix="c8ysim-fuzz-ops-") as directory:
+        device = Device(directory)
+        try:
+            device.operations.handle(f"522,{OWN},syslog\n515,{OWN},fw,1,u\n522,{OWN},x"
+                                     .encode(), device.publish)
+            assert device.published == ["501,c8y_LogfileRequest"]
+            while device.pending:
+                device.ack(1)
+            assert device.published == [
+                "501,c8y_LogfileRequest",
+                "502,c8y_LogfileRequest,c8y_LogfileRequest is not supported by c8ysim",
+                "501,c8y_Firmware", "502,c8y_Firmware,c8y_Firmware is not supported by c8ysim",
+                "501,c8y_LogfileRequest",
+                "502,c8y_LogfileRequest,c8y_LogfileRequest is not supported by c8ysim"]
+            assert device.buffer.get_meta(UNSUPPORTED_KEY) is None
+            assert device.operations.refused_unsupported == 3
+            assert device.operations.ignored_lines == 0
+        finally:
+            device.close()
+
+
+def test_an_answer_cut_short_is_finished_with_502_and_the_rest_left_to_the_500():
+    with tempfile.TemporaryDirectory(prefix="c8ysim-fuzz-ops-") as directory:
+        device = Device(directory)
+        try:
+            device.operations.handle(f"522,{OWN}\n515,{OWN}".encode(), device.publish)
+            assert device.published == ["501,c8y_LogfileRequest"]  # no ack: the link drops
+            device.new_process()  # a new connection (or child): resume before the 500
+            device.operations.resume(device.publish)
+            assert device.published[1:] == [
+                "502,c8y_LogfileRequest,c8y_LogfileRequest is not supported by c8ysim"]
+            device.ack(1)
+            assert device.pending == [] and device.buffer.get_meta(UNSUPPORTED_KEY) is None
+            # 515 got nothing yet: it is still PENDING, and the 500 delivers it again
+            device.operations.handle(f"515,{OWN}".encode(), device.publish)
+            device.ack(2)
+            assert device.published[2:] == [
+                "501,c8y_Firmware", "502,c8y_Firmware,c8y_Firmware is not supported by c8ysim"]
+        finally:
+            device.close()
 
 
 def test_leading_zero_template_is_not_510():

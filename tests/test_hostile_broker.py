@@ -168,7 +168,8 @@ def test_injected_text_cannot_forge_log_lines(tmp_path, mosquitto, recorder, age
 
 
 def upstream_restart(recorder) -> list[str]:
-    return [line for line in recorder.lines() if line.startswith(("501,", "502,", "503,"))]
+    return [line for line in recorder.lines()
+            if line.startswith(("501,c8y_Restart", "502,c8y_Restart", "503,c8y_Restart"))]
 
 
 # --- the formatter and the per-payload cap, in-process ---------------------------------------

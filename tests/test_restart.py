@@ -63,11 +63,16 @@ def test_operations_for_other_devices_and_garbage_are_ignored(tmp_path, mosquitt
     for payload in ("510,someone-else", "", "\x00\xff,,,\"", '511,c8ysim-pv-roof,"unterminated',
                     "999," + PV, "510", "x" * 20000, f'511,{PV},"a\nb"\n510,other'):
         send_operation(mosquitto.port, payload)
-    time.sleep(1.5)
-    assert not upstream(recorder, "501,")
+    # the two 511 lines for pv-roof (one unterminated) are refused, one at a time
+    refusal = ["501,c8y_Command", "502,c8y_Command,c8y_Command is not supported by c8ysim"]
+    wait_until(lambda: len(upstream(recorder, "502,")) == 2, 10, what="both 511 refused")
+    time.sleep(1.0)
+    assert [line for line in recorder.lines() if line.startswith(("501,", "502,", "503,"))] \
+        == refusal * 2
     assert {name: d["pid"] for name, d in agent.devices().items()} == pids
     assert all(d["connected"] for d in agent.devices().values())
-    assert "ignoring unsupported operation 511" in agent.log_text()
+    assert "refusing operation 511 (c8y_Command)" in agent.log_text()
+    assert "ignoring unsupported operation 999" in agent.log_text()
     assert agent.stop() == 0
 
 

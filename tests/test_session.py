@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from c8ysim import backoff
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
+from c8ysim.uplink import pacing
 from c8ysim.uplink.pacing import TokenBucket
 from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink import session, transport
@@ -363,3 +364,89 @@ def test_pack_respects_the_limit_order_and_greed(items, limit):
     for (topic, before), (next_topic, after) in zip(result, result[1:]):
         if topic == next_topic:  # greedy: the next row did not fit
             assert len(b"\n".join(r.payload for r in [*before, after[0]])) > limit
+
+
+# --- the drain rate under throttling (reference §5) --------------------------------------------
+
+def test_drain_rate_halves_to_a_floor_and_recovers_a_tenth_per_10_s():
+    rate = pacing.DrainRate(100.0, now=0.0)
+    assert [rate.throttled(t) and rate.current for t in (1, 11, 21)] == [50.0, 25.0, 12.5]
+    assert not rate.throttled(25) and rate.current == 12.5  # not twice within 10 s
+    for t in range(31, 200, 10):
+        rate.throttled(t)
+    assert rate.current == 1.0 and not rate.throttled(500)  # the floor
+    rate.restart_clock(100.0)  # online again
+    assert not rate.recover(109.9) and rate.current == 1.0
+    assert rate.recover(110.0) and rate.current == 11.0
+    assert rate.recover(135.0) and rate.current == 31.0  # two more steps, the rest carried
+    assert rate.recover(140.0) and rate.current == 41.0
+    assert rate.recover(1000.0) and rate.current == 100.0  # never above the configured rate
+    assert not rate.recover(2000.0)
+    assert pacing.DrainRate(0.5, 0.0).floor == 0.5  # configured below the floor: that
+
+
+def test_token_bucket_takes_a_new_rate_and_its_burst_at_once():
+    bucket = TokenBucket(100.0, now=0.0)
+    bucket.set_rate(10.0, 0.0)
+    assert bucket.available(0.0) == 10  # the burst shrank with the rate
+    bucket.take(10, 0.0)
+    assert bucket.wait_s(0.0) == pytest.approx(0.1)
+    bucket.set_rate(40.0, 0.5)
+    assert bucket.available(0.5) == 5 and bucket.available(1.0) == 25
+
+
+def test_a_cut_while_draining_halves_the_rate_a_cut_when_idle_does_not(tmp_path, mosquitto,
+                                                                       monkeypatch):
+    monkeypatch.setattr(pacing, "RECOVER_EVERY_S", 1.0)
+    proxy = FaultProxy(mosquitto.port)
+    driver = Driver(tmp_path, proxy.port)
+    driver.session = Session(Endpoint("127.0.0.1", proxy.port, "dev-1", "t/u", "p", 10),
+                             REGISTRATION, driver.buffer, driver.events, 0.05,
+                             random.Random(7), max_lines_per_s=200.0)
+    rate = lambda: driver.session.status()["drain_rate"]  # noqa: E731
+    try:
+        driver.run_until(lambda: driver.session.state == "online", 10, "online")
+        driver.buffer.put_many([("s/us", f"211,{i}".encode(), time.time())
+                                for i in range(3000)])
+        driver.run_until(lambda: driver.session.sent >= 300, 10, "draining")
+        assert driver.session.backlogged and rate() == 200.0
+        proxy.cut()
+        driver.run_until(lambda: driver.session.state == "disconnected", 5, "the cut")
+        assert rate() == 100.0
+        driver.run_until(lambda: driver.session.state == "online", 10, "back online")
+        driver.run_until(lambda: rate() == 120.0, 5, "a tenth back after a second online")
+        driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 30, "drained")
+        driver.run_until(lambda: rate() == 200.0, 10, "all of it back")
+        driver.run_until(lambda: not driver.session.backlogged, 5, "caught up")
+        proxy.cut()  # live traffic only: not the rate's fault
+        driver.run_until(lambda: driver.session.state == "disconnected", 5, "the cut")
+        assert rate() == 200.0
+    finally:
+        driver.close()
+        proxy.close()
+
+
+# --- s/e: a PUBACK is not acceptance (reference §3.4) -------------------------------------------
+
+def test_error_lines_on_s_e_are_counted_but_41_100(tmp_path, mosquitto):
+    import paho.mqtt.publish as publish
+    driver = Driver(tmp_path, mosquitto.port)
+    try:
+        driver.run_until(lambda: driver.session.state == "online", 10, "online")
+        for payload in ("41,100,Device already existing",
+                        "40,999,No static template for this message id\n45,201,\"a, b\"",
+                        "", "50,100,Error on device creation, message: Error on identity "
+                        "creation"):
+            publish.single("s/e", payload, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        driver.run_until(lambda: driver.session.rejected == 3, 5, "three rejections")
+        status = driver.session.status()
+        assert [line for _when, line in status["rejections"]] == [
+            "40,999,No static template for this message id", "45,201,a, b",
+            "50,100,Error on device creation, message: Error on identity creation"]
+        for payload in [f"40,{i},x" for i in range(10)]:
+            publish.single("s/e", payload, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        driver.run_until(lambda: driver.session.rejected == 13, 5, "ten more")
+        assert [line for _w, line in driver.session.status()["rejections"]] == \
+            [f"40,{i},x" for i in range(5, 10)]  # the last five
+    finally:
+        driver.close()

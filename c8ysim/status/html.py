@@ -235,6 +235,7 @@ def _facts(device: dict, now: float) -> str:
              ("broker msgs dropped", sv.fmt_count(device.get("inbound_dropped"))),
              ("broker lines ignored", sv.fmt_count(device.get("inbound_ignored"))),
              ("rejected by the platform", sv.fmt_count(device.get("rejected"))),
+             ("drain rate", sv.fmt_value(device.get("drain_rate"), "lines/s")),
              ("last ack", sv.fmt_since(device.get("last_ack"), now))]
     if device.get("last_error"):
         facts.append(("last error", str(device["last_error"])))

@@ -46,6 +46,9 @@ DEVICE_FAMILIES = (
      lambda d: d.get("inbound_ignored")),
     ("c8ysim_rejected_total", "counter", "Lines the platform rejected after acknowledging "
      "them (its s/e error lines; since the child started).", lambda d: d.get("rejected")),
+    ("c8ysim_drain_rate_lines_per_second", "gauge", "Lines per second a backlog drains at "
+     "now: max_lines_per_s, halved after each disconnect while draining, recovering.",
+     lambda d: d.get("drain_rate")),
     ("c8ysim_last_ack_timestamp_seconds", "gauge", "Wall-clock time of the last broker ack.",
      lambda d: d.get("last_ack")),
     ("c8ysim_power_watts", "gauge", "Power now: + drawn from the grid side, - delivered.",

@@ -1,4 +1,5 @@
-"""Device operations arriving on `s/ds`: only `c8y_Restart` (510), handled one at a time.
+"""Device operations arriving on `s/ds`: `c8y_Restart` (510) is carried out, every other
+operation addressed to the device is refused; either way each one ends (SUCCESSFUL or FAILED).
 
 The restart's progress lives in the device's durable store, so it survives the restart it
 causes (and any crash on the way):
@@ -15,12 +16,34 @@ Restarts are rate-limited (`RESTART_MIN_INTERVAL_S`, measured from the last acce
 kept durably so that it survives the restart): a 510 that comes too soon is refused with
 501 then 502 and a reason, under the same marker, so it too ends FAILED and never stuck.
 
+Every other operation of the static templates (`OPERATION_FRAGMENTS`: 511 c8y_Command,
+515 c8y_Firmware, 522 c8y_LogfileRequest, ...) is answered `501,<fragment>` then
+`502,<fragment>,"<fragment> is not supported by c8ysim"`, once per delivery (the platform
+keeps an operation PENDING until it hears of it, so an unanswered one would wait forever).
+The answers owed are a durable FIFO in the store (`UNSUPPORTED_KEY`), answered one at a
+time in arrival order, each step after the previous one's PUBACK, like the restart:
+
+    delivery -> owed "new" -> (its turn) "sent", 501 -> (PUBACK) 502 -> (PUBACK) done
+
+A restart waits for the answer step in flight (the child exits between two answers), and
+from its acknowledged 501 on nothing new is taken on: the 500 after it delivers again.
+
+After a lost connection or a restart of the child, `resume()` answers the head again with
+502 alone when its 501 may have gone out ("sent": the 502 fails it, or, when the 501 never
+arrived, is refused on `s/e` while the operation stays PENDING), and forgets the entries
+still "new": nothing was sent for them, so they are still PENDING, and the 500 that
+follows every connect delivers them again (answering them now as well would answer them
+twice). At most `MAX_OWED_ANSWERS` are owed; beyond that a delivery is ignored (counted)
+and waits, PENDING, for the next 500. A line of a template without an operation fragment
+(unknown, or not an operation) is ignored and counted.
+
 Everything logged about a payload is external text: escaped and truncated, and one payload
 yields at most a few lines (the first line of each kind, then a count of the rest).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable
@@ -39,6 +62,20 @@ INTERRUPTED_REASON = "Agent restarted before the restart could start"
 TOO_SOON_REASON = ("Restart refused: the device restarted {ago:.0f} s ago "
                    "(at most one restart per {limit:.0f} s)")
 
+# The operation templates on s/ds and the fragment each stands for (reference §3.3); 510
+# (c8y_Restart) is the one c8ysim supports.
+OPERATION_FRAGMENTS = {
+    511: "c8y_Command", 513: "c8y_Configuration", 515: "c8y_Firmware",
+    516: "c8y_SoftwareList", 517: "c8y_MeasurementRequestOperation", 518: "c8y_Relay",
+    519: "c8y_RelayArray", 522: "c8y_LogfileRequest", 523: "c8y_CommunicationMode",
+    524: "c8y_DownloadConfigFile", 526: "c8y_UploadConfigFile", 527: "c8y_DeviceProfile",
+    528: "c8y_SoftwareUpdate", 530: "c8y_RemoteAccessConnect",
+}
+UNSUPPORTED_KEY = "operation.unsupported"  # JSON [[fragment, "new"|"sent"], ...], oldest first
+NEW, SENT = "new", "sent"
+MAX_OWED_ANSWERS = 50
+NOT_SUPPORTED_REASON = "{fragment} is not supported by c8ysim"
+
 log = logging.getLogger(__name__)
 
 # publish(SmartREST line, called once the broker acknowledged it)
@@ -56,9 +93,28 @@ class Operations:
         self.restart_requested = False  # the device loop exits the child when set
         self.ignored_lines = 0  # lines of s/ds payloads ignored (malformed, not ours, ...)
         self.refused_restarts = 0
+        self.refused_unsupported = 0  # deliveries of unsupported operations answered FAILED
+        self.owed: list[list[str]] | None = None  # UNSUPPORTED_KEY, read at first use
+        self.answering = False  # an answer's step awaits its PUBACK on this connection
+        self.restart_pending = False  # restart acknowledged, waiting for that step's PUBACK
 
     def resume(self, publish: Publish) -> None:
-        """Finish a restart that was in flight; call once s/ds is subscribed."""
+        """Finish a restart and an answer that were in flight; call once s/ds is subscribed
+        on a new connection (before its 500)."""
+        if self.restart_pending:  # the link dropped before the answer in flight ended:
+            self.restart_requested = True  # restart now; the next child finishes both
+            return
+        self._resume_restart(publish)
+        owed = self._owed()
+        started = [entry for entry in owed if entry[1] == SENT]
+        if len(started) != len(owed):
+            log.info("%d unsupported operation(s) not answered yet: the 500 delivers them "
+                     "again", len(owed) - len(started))
+            self._save_owed(started)
+        self.answering = False  # what was in flight went with the old connection
+        self._answer_next(publish)
+
+    def _resume_restart(self, publish: Publish) -> None:
         marker = self.buffer.get_meta(RESTART_MARKER_KEY)
         if marker == EXECUTING:
             log.info("restart done; reporting c8y_Restart successful")
@@ -71,9 +127,13 @@ class Operations:
     def handle(self, payload: bytes, publish: Publish) -> None:
         """Act on one `s/ds` message (several lines possible); never raises on bad input.
 
-        Logs at most one line per kind of ignored line, plus one count of the rest."""
+        Logs at most one line per kind of ignored line, plus one count of the rest. Once
+        the child is about to restart, nothing more is taken on: what is PENDING is
+        delivered again after the restart (the 500)."""
+        if self.restart_requested or self.restart_pending:
+            return
         operations, rejected = smartrest.split_operations(payload)
-        ignored = _Ignored(self.note)
+        ignored, refused = _Ignored(self.note), _Ignored(self.note, "refused")
         for fields in rejected:
             ignored.add("malformed", logging.WARNING, "ignoring malformed operation line: %s",
                         logs.external(",".join(fields)))
@@ -84,11 +144,24 @@ class Operations:
                             operation.template, logs.external(operation.external_id, 80))
             elif operation.template == RESTART_TEMPLATE:
                 self._start_restart(publish)
+            elif operation.template not in OPERATION_FRAGMENTS:
+                ignored.add("unsupported", logging.WARNING, "ignoring unsupported operation %d "
+                            "(no operation fragment known for it)", operation.template)
+            elif len(self._owed()) >= MAX_OWED_ANSWERS:
+                ignored.add("owed", logging.WARNING, "not answering operation %d now: %d "
+                            "answers owed already (it stays PENDING until the next 500)",
+                            operation.template, MAX_OWED_ANSWERS)
             else:
-                ignored.add("unsupported", logging.WARNING, "ignoring unsupported operation %d",
-                            operation.template)
+                fragment = OPERATION_FRAGMENTS[operation.template]
+                refused.add(fragment, logging.WARNING, "refusing operation %d (%s): not "
+                            "supported by c8ysim", operation.template, fragment)
+                self.owed.append([fragment, NEW])
+                self._save_owed(self.owed)
         ignored.summarize()
+        refused.summarize()
         self.ignored_lines += ignored.count
+        self.refused_unsupported += refused.count
+        self._answer_next(publish)
 
     def _start_restart(self, publish: Publish) -> None:
         if self.restart_requested or self.buffer.get_meta(RESTART_MARKER_KEY):
@@ -119,17 +192,72 @@ class Operations:
 
     def _executing(self) -> None:
         self.buffer.set_meta(RESTART_MARKER_KEY, EXECUTING)
-        self.restart_requested = True
+        if self.answering:  # exit between two answers, not in the middle of one
+            self.restart_pending = True
+        else:
+            self.restart_requested = True
 
     def _clear(self) -> None:
         self.buffer.set_meta(RESTART_MARKER_KEY, None)
 
+    # -- answering unsupported operations -------------------------------------------------
+
+    def _owed(self) -> list[list[str]]:
+        if self.owed is None:
+            self.owed = _decode_owed(self.buffer.get_meta(UNSUPPORTED_KEY))
+        return self.owed
+
+    def _save_owed(self, owed: list[list[str]]) -> None:
+        self.owed = owed
+        self.buffer.set_meta(UNSUPPORTED_KEY, json.dumps(owed) if owed else None)
+
+    def _answer_next(self, publish: Publish) -> None:
+        """Start the oldest owed answer, unless one is under way."""
+        owed = self._owed()
+        if self.answering or not owed or self.restart_pending or self.restart_requested:
+            return
+        self.answering = True
+        head = owed[0]
+        fail = smartrest.operation_failed(head[0], NOT_SUPPORTED_REASON.format(fragment=head[0]))
+        done = lambda: self._answered(publish)  # noqa: E731
+        if head[1] == SENT:  # resumed: its 501 may have gone out already
+            publish(fail, done)
+            return
+        head[1] = SENT
+        self._save_owed(owed)
+        publish(smartrest.operation_executing(head[0]), lambda: publish(fail, done))
+
+    def _answered(self, publish: Publish) -> None:
+        self._save_owed(self._owed()[1:])
+        self.answering = False
+        if self.restart_pending:
+            self.restart_pending, self.restart_requested = False, True
+            return
+        self._answer_next(publish)
+
+
+def _decode_owed(text: str | None) -> list[list[str]]:
+    """The owed answers stored under UNSUPPORTED_KEY; what is not readable is dropped (those
+    operations stay PENDING and the next 500 delivers them again)."""
+    try:
+        entries = json.loads(text) if text else []
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list):
+        log.error("unreadable list of owed operation answers; starting afresh")
+        return []
+    fragments = set(OPERATION_FRAGMENTS.values())
+    return [[entry[0], entry[1]] for entry in entries
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] in fragments
+            and entry[1] in (NEW, SENT)][:MAX_OWED_ANSWERS]
+
 
 class _Ignored:
-    """The ignored lines of one payload: the first of each kind logged, the rest counted."""
+    """The ignored (or refused) lines of one payload: the first of each kind logged, the
+    rest counted."""
 
-    def __init__(self, note: Note):
-        self.note, self.count, self.seen, self.quiet = note, 0, set(), 0
+    def __init__(self, note: Note, what: str = "ignored"):
+        self.note, self.what, self.count, self.seen, self.quiet = note, what, 0, set(), 0
 
     def add(self, kind: str, level: int, message: str, *args) -> None:
         self.count += 1
@@ -141,5 +269,5 @@ class _Ignored:
 
     def summarize(self) -> None:
         if self.quiet:
-            self.note(logging.WARNING, "ignored %d more lines of the same s/ds message",
-                      self.quiet)
+            self.note(logging.WARNING, "%s %d more lines of the same s/ds message",
+                      self.what, self.quiet)

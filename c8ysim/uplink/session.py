@@ -3,14 +3,37 @@
 Runs in the device's main thread only: `handle()` takes the transport's events, `poll()` acts
 on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
 
-    CONNECT -> 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds, s/e
-            -> (s/ds granted) finish an in-flight restart (503/502) -> 500 -> drain
+    CONNECT -> SUBSCRIBE s/e, 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds
+            -> (s/ds granted) finish operations in flight (503/502) -> 500 -> drain
 
 Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
 flight, so those rows are sent again on the next connection (at least once, in order).
 A row that can never be published (a topic MQTT forbids, a payload over the limit, any
 error from paho's publish other than "not connected") is quarantined with the reason and
 the drain goes on: no row can crash the device or stall its queue.
+
+A PUBACK is not acceptance (protocol reference §3.4): the platform acknowledges a publish
+and reports a line it then refuses (an unknown template, bad arguments, a server error)
+only on `s/e`, as `<code>,<template>,<message>`, with nothing tying it to a publish. By
+then its row is gone from the buffer, and nothing can say which row it was, so the line is
+not sent again: it is lost to Cumulocity. The loss is made visible instead: every `s/e`
+line counts as `rejected` (except `41,100,...` "Device already existing", the expected
+answer to the `100` of every reconnect), the last few are kept as `rejections` (time and
+line: status page, /api/status; the count in /metrics too), and the journal gets a warning per `s/e` message,
+within the broker-input line budget.
+
+Refused connects: CONNACK 4 (bad user name or password) is final at once: `auth_failed`,
+and the next attempt comes near `reconnect_max_s`. CONNACK 5 (not authorized) is also
+what Cumulocity says under overload during connect (§1.9), so it is retried
+`NOT_AUTHORIZED_RETRIES` times a few seconds apart (with jitter) before it counts as bad
+credentials (and, until a connect is accepted, every CONNACK 5 after that). Any other
+refusal backs off like a lost connection.
+
+Throttling (§5): over the tenant's stream limit the platform queues, then disconnects. A
+connection lost while draining a backlog halves the drain rate (`pacing.DrainRate`, never
+below a floor, at most once per 10 s); each 10 s online without a disconnect gives back a tenth of the
+configured rate (`max_lines_per_s`, the constructor's argument), up to all of it. The rate
+in force is the heartbeat's `drain_rate`.
 
 The broker is not trusted either: `s/ds` and `s/e` messages over the platform's own limit
 (`MAX_INBOUND_BYTES`) are dropped unread, and beyond `INBOUND_BYTES_PER_S` they are dropped
@@ -21,6 +44,7 @@ truncated and limited in lines (`logs.external`, `logs.LineBudget`).
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import random
@@ -33,7 +57,7 @@ from c8ysim.heartbeat import Link
 from c8ysim.storage import Buffer, Record
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.operations import Operations
-from c8ysim.uplink.pacing import TokenBucket
+from c8ysim.uplink.pacing import DrainRate, TokenBucket
 from c8ysim.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
     Published, Subscribed, TlsSetupError, invalid_topic)
@@ -51,6 +75,10 @@ INBOUND_BYTES_PER_S = 32 * 1024  # parsing budget for s/ds + s/e (also the burst
 INBOUND_MIN_COST_BYTES = 1024  # a message takes at least this much of the budget
 INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S = 20, 60.0  # lines about broker input per window
 S_E_LOG_BYTES = 300
+REJECTIONS_KEPT = 5  # the last s/e lines in the heartbeat
+NOT_AUTHORIZED = "Not authorized"  # transport's reason for CONNACK 5, on either paho
+NOT_AUTHORIZED_RETRIES = 3  # CONNACK 5 may be transient overload: retry before auth_failed
+NOT_AUTHORIZED_RETRY_S = (1.0, 3.0)  # uniform delay between those retries (<= the cap)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +103,8 @@ class Session:
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
         self.pace = TokenBucket(max_lines_per_s, time.monotonic())
+        self.drain = DrainRate(max_lines_per_s, time.monotonic())
+        self.backlogged = False  # the last read of the buffer found more rows than it took
         self.inbound_budget = TokenBucket(INBOUND_BYTES_PER_S, time.monotonic())
         self.note_inbound = logs.LineBudget(log, INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S,
                                             time.monotonic)
@@ -99,6 +129,9 @@ class Session:
         self.last_ack: float | None = None
         self.last_error: str | None = None
         self.auth_failed = False
+        self.not_authorized = 0  # CONNACK 5 in a row (retried NOT_AUTHORIZED_RETRIES times)
+        self.rejected = 0  # s/e lines but the expected 41,100
+        self.rejections: collections.deque = collections.deque(maxlen=REJECTIONS_KEPT)
 
     # -- driven by the device loop ------------------------------------------------------
 
@@ -112,6 +145,10 @@ class Session:
         elif self.state == Link.ONLINE:
             if self.failures and now - self.state_since >= STABLE_AFTER_S:
                 self.failures = 0
+            if self.drain.recover(now):
+                self.pace.set_rate(self.drain.current, now)
+                if self.drain.current >= self.drain.configured:
+                    log.info("draining at the configured %g lines/s again", self.drain.current)
             self._fill_window(now)
 
     def handle(self, event, now: float) -> None:
@@ -151,6 +188,9 @@ class Session:
             "last_error": self.last_error,
             "inbound_dropped": self.inbound_dropped,
             "inbound_ignored": self.operations.ignored_lines,
+            "rejected": self.rejected,
+            "rejections": [list(item) for item in self.rejections],
+            "drain_rate": round(self.drain.current, 3),
         }
 
     # -- connection lifecycle -------------------------------------------------------------
@@ -169,16 +209,24 @@ class Session:
                  self.endpoint.client_id)
         self.connection.start()
 
-    def _fail(self, now: float, reason: str, auth: bool = False) -> None:
+    def _fail(self, now: float, reason: str, auth: bool = False,
+              delay: float | None = None) -> None:
         was_online = self.state == Link.ONLINE
         if self.connection:
             self.connection.close()
             self.connection = None
         self.failures += 1
         self.auth_failed = auth
-        delay = (backoff.near_cap(self.reconnect_max_s, self.rng) if auth else
-                 backoff.full_jitter(self.failures, BACKOFF_BASE_S, self.reconnect_max_s,
-                                     self.rng))
+        if delay is None:
+            delay = (backoff.near_cap(self.reconnect_max_s, self.rng) if auth else
+                     backoff.full_jitter(self.failures, BACKOFF_BASE_S, self.reconnect_max_s,
+                                         self.rng))
+        if was_online and self.backlogged and self.drain.throttled(now):
+            self.pace.set_rate(self.drain.current, now)
+            log.warning("lost the connection while draining a backlog: draining at %g "
+                        "lines/s from now on (configured %g)", self.drain.current,
+                        self.drain.configured)
+        self.backlogged = False
         self.retry_at = now + delay
         self.last_error = reason
         self.inflight.clear()
@@ -210,13 +258,26 @@ class Session:
 
     def _on_connected(self, event: Connected, now: float) -> None:
         if not event.ok:
+            if (event.auth_failed and event.reason == NOT_AUTHORIZED
+                    and self.not_authorized < NOT_AUTHORIZED_RETRIES):
+                self.not_authorized += 1
+                self._fail(now, f"broker refused the connection: {event.reason} (may be "
+                           f"transient; retry {self.not_authorized} of "
+                           f"{NOT_AUTHORIZED_RETRIES})",
+                           delay=min(self.reconnect_max_s,
+                                     self.rng.uniform(*NOT_AUTHORIZED_RETRY_S)))
+                return
             hint = " (check tenant, user and password)" if event.auth_failed else ""
             self._fail(now, f"broker refused the connection: {event.reason}{hint}",
                        auth=event.auth_failed)
             return
         self.auth_failed = False
+        self.not_authorized = 0
         reg = self.registration
         self._enter(Link.INTRODUCING, now)
+        # s/e first (it needs no device): what the platform says about the 100 and the
+        # 110/114/117 after it (41,100 on every reconnect) reaches us too
+        self._subscribe(smartrest.ERRORS_TOPIC, 0, "s/e")
         self._send_session(smartrest.device_creation(reg.name, reg.type),
                            self._after_device_created)
 
@@ -255,10 +316,13 @@ class Session:
                  smartrest.supported_operations(*reg.supported_operations),
                  smartrest.required_interval(reg.required_interval_min)]
         self._send_session("\n".join(lines))
+        self._subscribe(smartrest.OPERATIONS_TOPIC, 1, "s/ds")
+
+    def _subscribe(self, topic: str, qos: int, name: str) -> None:
+        if self.connection is None:
+            return
         try:
-            self.subscriptions = {
-                self.connection.subscribe(smartrest.OPERATIONS_TOPIC, 1): "s/ds",
-                self.connection.subscribe(smartrest.ERRORS_TOPIC, 0): "s/e"}
+            self.subscriptions[self.connection.subscribe(topic, qos)] = name
         except NotConnected as exc:
             self.last_error = f"subscribe failed: {exc}"  # the Disconnected event follows
 
@@ -271,6 +335,7 @@ class Session:
         self.operations.resume(self._send_session)
         self._send_session(smartrest.get_pending_operations())
         self._enter(Link.ONLINE, now)
+        self.drain.restart_clock(now)
         self.connected_since = time.time()
         self.last_error = None
         log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
@@ -281,13 +346,32 @@ class Session:
             return
         try:
             if event.topic == smartrest.ERRORS_TOPIC:
-                self.note_inbound(logging.WARNING, "Cumulocity reports an error: %s",
-                                  logs.external(event.payload, S_E_LOG_BYTES))
+                self._on_errors(event.payload)
             elif event.topic == smartrest.OPERATIONS_TOPIC:
                 self.operations.handle(event.payload, self._send_session)
         except Exception as exc:  # noqa: BLE001 - broker input must never end the device
             self.note_inbound(logging.ERROR, "could not handle a %s message: %s",
                               logs.external(event.topic, 80), logs.external(repr(exc)))
+
+    def _on_errors(self, payload: bytes) -> None:
+        """Count and log the platform's error lines (each a line of ours it refused): one
+        journal line per message, the message as it came (escaped, cut short)."""
+        refused = 0
+        for fields in smartrest.parse(payload):
+            if _expected_error(fields):
+                continue
+            refused += 1
+            self.rejections.append(
+                (round(time.time(), 3),
+                 logs.external(",".join(fields), S_E_LOG_BYTES)))  # quotes gone
+        self.rejected += refused
+        if refused:
+            self.note_inbound(logging.WARNING, "Cumulocity rejected %d line(s) it had "
+                              "acknowledged (%d so far; they are not sent again): %s",
+                              refused, self.rejected, logs.external(payload, S_E_LOG_BYTES))
+        elif payload.strip():
+            self.note_inbound(logging.INFO, "Cumulocity: %s (as expected on reconnect)",
+                              logs.external(payload, S_E_LOG_BYTES))
 
     def _admit(self, event: Message, now: float) -> bool:
         """Whether to read this message; else it is dropped and counted, before parsing."""
@@ -314,7 +398,10 @@ class Session:
     def _fill_window(self, now: float) -> None:
         while self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
             budget = min(ROWS_PER_PEEK, self.pace.available(now))
-            rows = self._peek(budget) if budget else []
+            rows = self._peek(budget + 1) if budget else []
+            if budget:  # one more row than allowed tells whether a backlog waits
+                self.backlogged = len(rows) > budget
+                rows = rows[:budget]
             if not rows:
                 return
             rows = self._sendable(rows)  # quarantining moves the cursor past those
@@ -391,6 +478,11 @@ def _invalid_payload(payload) -> str | None:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return None
     return f"the payload is {type(payload).__name__}, not bytes"
+
+
+def _expected_error(fields: list[str]) -> bool:
+    """`41,100,Device already existing`: the answer to the 100 of every reconnect."""
+    return fields[:2] == ["41", "100"] and "exist" in ",".join(fields[2:]).lower()
 
 
 def _timeout_for(state: Link) -> float:

@@ -26,10 +26,12 @@ from .mqtt import (
     packet_id, parse_connect, parse_publish, parse_subscribe, parse_unsubscribe,
     publish_packet, read_packet, suback)
 from .operations import OperationBook
+from .throttle import StreamLimit
 from .topics import REFUSED, grant
 from .upstream import Upstream
 
 _ACK_NAMES = {PUBACK: "puback", PUBREC: "pubrec", PUBCOMP: "pubcomp"}
+LINGER_S = 2.0   # a connection closed with ``linger`` is aborted after this
 
 
 class Broker:
@@ -48,6 +50,7 @@ class Broker:
         self._conns: set[Connection] = set()
         self._session_count: collections.Counter[str] = collections.Counter()
         self._withhold: set[str] = set()
+        self.stream_limit = StreamLimit()   # tenant-wide lines/s and queue (ref §5)
         self._stopping = False
 
     # ------------------------------------------------------------------ life cycle
@@ -124,8 +127,13 @@ class Broker:
         if conn.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.close(conn, "client does not read (write buffer > 1 MiB)")
 
-    def close(self, conn: Connection, reason: str, *, graceful: bool = False) -> None:
-        """Close a connection once; record why and run the will if abnormal."""
+    def close(self, conn: Connection, reason: str, *, graceful: bool = False,
+              linger: bool = False) -> None:
+        """Close a connection once; record why and run the will if abnormal.
+
+        ``linger``: the session ends as abruptly, but what was written reaches the
+        client before the FIN, and what it still sends is left unread (no RST that
+        would destroy acknowledgements it has not read yet) until ``LINGER_S``."""
         if conn.closed:
             return
         conn.closed = True
@@ -133,6 +141,9 @@ class Broker:
             self._end_session(conn, reason, graceful)
         if graceful:
             conn.writer.close()
+        elif linger and conn.writer.can_write_eof():
+            conn.writer.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_S, conn.writer.transport.abort)
         else:
             conn.writer.transport.abort()
 
@@ -231,6 +242,14 @@ class Broker:
             self._reject_rate_limited(conn, fields)
             return
         conn.publishes += 1
+        if not self.stream_limit.submit(conn, fields["topic"], fields["payload"],
+                                        lambda: self._process_publish(conn, fields)):
+            self._reject_stream_overflow(conn, fields)
+
+    def _process_publish(self, conn: Connection, fields: dict[str, Any]) -> None:
+        """Apply and acknowledge one PUBLISH (now, or when the stream limit allows)."""
+        if conn.closed:
+            return
         qos, pid = fields["qos"], fields["packet_id"]
         if qos == 2 and pid in conn.qos2_in:
             self.journal.record(conn.key, "publish", conn.session, accepted=False,
@@ -257,6 +276,11 @@ class Broker:
         self.journal.record(conn.key, "publish", conn.session, accepted=False,
                             detail="rejected: rate limit exceeded", **fields)
         self.close(conn, "rate limit exceeded (disconnect after first message)")
+
+    def _reject_stream_overflow(self, conn: Connection, fields: dict[str, Any]) -> None:
+        self.journal.record(conn.key, "publish", conn.session, accepted=False,
+                            detail="rejected: stream queue full", **fields)
+        self.close(conn, "stream limit exceeded (queue full)", linger=True)
 
     def _warn_large(self, conn: Connection, fields: dict[str, Any]) -> None:
         size = len(fields["payload"])

@@ -26,6 +26,7 @@ from .mqtt import client_key
 from .operations import Operation, OperationBook
 from .registration import RegisteringBroker, Registration
 from .smartrest import parse_smartrest
+from .throttle import StreamStats
 
 
 class FakeTenant:
@@ -308,3 +309,34 @@ class FakeTenant:
         """Rate-limit symptom: the next ``sessions`` sessions (None: all, 0:
         disarm) are closed on their first PUBLISH, which is rejected unacked."""
         self._call(self._admission.arm_rate_limit, self.key(client_id), sessions)
+
+    # ------------------------------------------------------------------ PUBACK is not acceptance
+
+    def reject_lines(self, predicate: Callable[[str, list[str]], bool],
+                     answer: str | Callable[[list[str]], str] | None = None,
+                     count: int | None = None) -> None:
+        """Acknowledge, then refuse, the next ``count`` (None: all) SmartREST lines
+        for which ``predicate(client key, fields)`` holds: not applied, answered on
+        ``s/e`` (ref §3.4).  ``answer``: the line, ``{template}`` filled in, or a
+        callable of the fields; None: ``40,<template>,No static template ...``."""
+        self._call(self._broker.upstream.rejections.add, predicate, answer, count)
+
+    def stop_rejecting(self) -> None:
+        self._call(self._broker.upstream.rejections.clear)
+
+    def rejected_lines(self, client_id: str) -> list[str]:
+        """The lines of that client ``reject_lines`` refused, in order."""
+        return self._call(lambda: list(
+            self._broker.upstream.rejections.rejected.get(self.key(client_id), [])))
+
+    # ------------------------------------------------------------------ stream limit
+
+    def limit_stream(self, lines_per_s: float | None, queue_lines: int = 0) -> None:
+        """Tenant-wide "Limit stream requests" / "Limit stream queue" (ref §5):
+        ``lines_per_s`` over all devices, excess queued up to ``queue_lines``
+        lines, beyond that the publish is rejected and its session disconnected
+        (None: no limit; see ``throttle``)."""
+        self._call(self._broker.stream_limit.configure, lines_per_s, queue_lines)
+
+    def stream_stats(self) -> StreamStats:
+        return self._call(lambda: copy.deepcopy(self._broker.stream_limit.stats))

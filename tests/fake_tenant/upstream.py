@@ -19,6 +19,7 @@ from .journal import Journal
 from .limits import ERR_DEVICE_EXISTS, ERR_MALFORMED, ERR_NO_TEMPLATE, PLATFORM_VERSION
 from .measurements import json_measurement_problems
 from .operations import OperationBook
+from .rejections import LineRejections
 from .smartrest import SrLine, parse_smartrest, quoting_problems, strip_trailing_empty
 from .templates import TEMPLATE_SPECS, check_arguments, known_template
 from .topics import JSON_UP, OTHER_UP, SMARTREST_UP
@@ -37,6 +38,7 @@ class Upstream:
         self.operations = operations
         self.deliver = deliver
         self.create_delay = create_delay
+        self.rejections = LineRejections()  # lines a test makes the platform refuse
         self.registration: Any = None  # bootstrap sessions (registration.Registration)
 
     def handle(self, conn: Connection, topic: str, payload: bytes) -> float:
@@ -80,6 +82,11 @@ class Upstream:
         created_here = False
         for line in parse_smartrest(text):
             tid = self._validate_line(conn, line)
+            if tid is not None:
+                refused = self.rejections.check(conn.key, line.fields, line.raw)
+                if refused is not None:  # acknowledged, not applied, reported on s/e
+                    self._send_error(conn, refused)
+                    continue
             if tid is None or not main:
                 continue
             args = strip_trailing_empty(line.fields)[1:]
