@@ -36,6 +36,7 @@ from c8ysim.uplink.transport import Endpoint
 
 HEARTBEAT_INTERVAL_S = 1.0
 MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
+AUTH_RETRY_WITH_FALLBACK_S = 30.0  # refused logins retried within this: ~1 min to fall back
 MODEL_STATE_KEY = "model.state"
 SAVE_RETRY_S = 60.0  # issued credentials not yet stored: try again this often
 # Heartbeat counters that go on across the uplinks of one child (bootstrap, sessions).
@@ -122,7 +123,10 @@ class Device:
             revision=__version__, supported_operations=("c8y_Restart",),
             required_interval_min=c8y.required_interval_min)
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
-                       random.Random(), drain_share(self.config))
+                       random.Random(), drain_share(self.config),
+                       # with a registration to fall back to, refusals are counted sooner
+                       auth_retry_max_s=AUTH_RETRY_WITH_FALLBACK_S if self.login_source
+                       else None)
 
     @property
     def uplink(self) -> Session | Bootstrap | None:

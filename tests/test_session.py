@@ -450,3 +450,23 @@ def test_error_lines_on_s_e_are_counted_but_41_100(tmp_path, mosquitto):
             [f"40,{i},x" for i in range(5, 10)]  # the last five
     finally:
         driver.close()
+
+
+@pytest.mark.parametrize("auth_retry_max_s, low, high", [(None, 150.0, 300.0), (30.0, 15.0, 30.0)])
+def test_refused_credentials_are_retried_near_the_auth_cap(tmp_path, auth_retry_max_s, low,
+                                                           high):
+    """Bad credentials wait near reconnect_max_s, or near auth_retry_max_s when the device
+    has a registration to fall back to (it must see a few refusals within about a minute)."""
+    from fake_tenant import FakeTenant
+
+    with FakeTenant({"t/u": "p"}) as tenant:
+        tenant.refuse_connects(4)
+        driver = Driver(tmp_path, tenant.port)
+        driver.session = Session(Endpoint("127.0.0.1", tenant.port, "dev-1", "t/u", "p", 10),
+                                 REGISTRATION, driver.buffer, driver.events, 300.0,
+                                 random.Random(7), auth_retry_max_s=auth_retry_max_s)
+        driver.run_until(lambda: driver.session.auth_failed, 10, "the refusal")
+        wait = driver.session.retry_at - time.monotonic()
+        assert low - 1.0 <= wait <= high, wait
+        driver.session.close()
+        driver.buffer.close()

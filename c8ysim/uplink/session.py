@@ -99,9 +99,12 @@ class Registration:
 class Session:
     def __init__(self, endpoint: Endpoint, registration: Registration, buffer: Buffer,
                  events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random,
-                 max_lines_per_s: float = UNLIMITED_LINES_PER_S):
+                 max_lines_per_s: float = UNLIMITED_LINES_PER_S,
+                 auth_retry_max_s: float | None = None):
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
+        # Refused credentials are tried again near this (the device may fall back sooner).
+        self.auth_retry_max_s = min(auth_retry_max_s or reconnect_max_s, reconnect_max_s)
         self.pace = TokenBucket(max_lines_per_s, time.monotonic())
         self.drain = DrainRate(max_lines_per_s, time.monotonic())
         self.backlogged = False  # the last read of the buffer found more rows than it took
@@ -218,7 +221,7 @@ class Session:
         self.failures += 1
         self.auth_failed = auth
         if delay is None:
-            delay = (backoff.near_cap(self.reconnect_max_s, self.rng) if auth else
+            delay = (backoff.near_cap(self.auth_retry_max_s, self.rng) if auth else
                      backoff.full_jitter(self.failures, BACKOFF_BASE_S, self.reconnect_max_s,
                                          self.rng))
         if was_online and self.backlogged and self.drain.throttled(now):
