@@ -61,6 +61,10 @@ Modules (each says what it owns):
 * ``admission``: the CONNACK decision, credentials, connect-time faults;
 * ``registration``: the bootstrap user, accepted registrations, issued logins;
 * ``upstream``: what a published message means (checker rules, ``s/e``);
+* ``rejections``: lines the platform takes, PUBACKs and then rejects on ``s/e``
+  (``tenant.reject_lines``), as it does for a template an old platform lacks;
+* ``throttle``: the tenant-wide stream limit (``tenant.limit_stream``): lines
+  over the rate queue, and the session that overflows the queue is disconnected;
 * ``inventory``, ``operations``: device and operation state;
 * ``journal``: the records and verdicts tests assert on;
 * ``connection``: per-connection state;
