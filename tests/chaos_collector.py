@@ -41,13 +41,15 @@ next in delivery order.
 
 Backfilled lines (`c8ysim backfill` beside the running device): they carry old timestamps,
 so `count(..., backfill=...)` takes the timestamps each backfill generated (the test knows
-them exactly: the rows' `created` is the command's `now`, their times `now - span + k x
-interval`) and counts such lines apart (`backfill`, distinct) instead of in the order, gap,
-delay, register and placement checks, which stay for the live readings. Live readings sit on
-the device's slot grid (multiples of interval_s); a backfill's phase is random, so its lines
-are off the grid, except in 1 run of interval/1 ms (200 at 0.2 s): then a timestamp taken by
-both is told apart by arrival, the device sends by id and the live row is older (the first
-line with that type and time is live, the next one backfill; byte-identical twins count as
+them exactly: the rows' `created` is the command's `now`, their times the device's slots in
+[now - span, now), `c8ysim.backfill.slots`) and counts such lines apart (`backfill`,
+distinct) instead of in the order, gap, delay, register and placement checks, which stay for
+the live readings. Live readings sit on the device's slot grid (multiples of interval_s), and
+so does a backfill: a line off the grid is a backfill's (an older build's, or a span the
+device read at another interval), a backfilled time before the device's first reading has no
+live twin, and a timestamp taken by both is told apart by arrival: the device sends by id
+and the live row is older (the first line with that type and time is live, the next one
+backfill; byte-identical twins, common since a backfill repeats the live values, count as
 two when received twice). They still count in `generated`, `distinct` and `lost`, as do
 `send-test` lines (no timestamp: counted with the live ones, checked by the test by text).
 """
@@ -193,10 +195,13 @@ class Collector:
         times: list[float] = []
         registers: dict[str, float] = {}
         live_stamps: set[tuple] = set()  # (template, type, time) of live lines seen
+        first_live = None  # the time of the device's first reading
         for received_at, fields, raw in self.stream(self.clients[device]):
             result.received += 1
             stamp = _stamp(fields)
-            if stamp in backfill and (not _on_grid(stamp, interval_s)
+            if first_live is None and fields[0] == "201":
+                first_live = stamp  # the first reading is live: backfills run once online
+            if stamp in backfill and (not _on_grid(stamp, interval_s) or stamp < first_live
                                       or (*fields[:2], stamp) in live_stamps):
                 key = (raw, "backfill")
                 result.duplicates += key in seen

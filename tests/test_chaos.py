@@ -462,9 +462,10 @@ class OwnCli:
     def stamps(self, device: str) -> frozenset[str]:
         """The times of every reading backfilled into `device` (as c8ysim.backfill makes them)."""
         from c8ysim.uplink.smartrest import iso_time
-        return frozenset(iso_time((now - self.SPAN) + k * self.rig.interval_s)
+        interval = self.rig.interval_s
+        return frozenset(iso_time(backfill_module.slot_time(k, interval))
                          for name, now, readings, _ in self.backfills if name == device
-                         for k in range(readings))
+                         for k in backfill_module.slots(now - self.SPAN, now, interval))
 
 
 def _high_water(path: Path) -> int:
