@@ -23,6 +23,8 @@ from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
 from c8ysim.site import DeviceSpec, Site
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
+DEVICE_PLACE_BOUNDS = {"latitude": (-90, 90), "longitude": (-180, 180),
+                       "altitude_m": (-500, 9000)}
 HOST_PLACEHOLDER = "{host}"  # in external_id: this machine's ID (c8ysim.hostid), not its name
 DEFAULT_EXTERNAL_ID = "c8ysim-" + HOST_PLACEHOLDER + "-{name}"  # unique per machine and device
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
@@ -135,6 +137,10 @@ class DeviceConfig:
     interval_s: float
     external_id: str
     params: tuple[tuple[str, float], ...] = ()
+    # Where Cockpit's map shows it (112): its own place, else the site's (None).
+    latitude: float | None = None
+    longitude: float | None = None
+    altitude_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,13 @@ class Config:
 
     def device(self, name: str) -> DeviceConfig:
         return next(d for d in self.devices if d.name == name)
+
+    def position(self, name: str) -> tuple[float, float, float | None]:
+        """(latitude, longitude, altitude in m or None) of device `name` for its 112."""
+        device = self.device(name)
+        return (self.site.latitude if device.latitude is None else device.latitude,
+                self.site.longitude if device.longitude is None else device.longitude,
+                device.altitude_m)
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -652,7 +665,8 @@ class _Reader:
         return devices
 
     def device(self, node) -> DeviceConfig | None:
-        items = self.mapping(node, "a device", ("name", "type", "interval_s", "external_id")
+        items = self.mapping(node, "a device", ("name", "type", "interval_s", "external_id",
+                                                "latitude", "longitude", "altitude_m")
                              + tuple(KINDS))
         name = self.value(items, "name", "device", str, check=checks.check_device_name)
         kind = self.value(items, "type", "device", str, check=checks.one_of(*KINDS))
@@ -669,7 +683,10 @@ class _Reader:
         if name is None or kind is None:
             return None
         self._device_nodes.setdefault(name, items.get("external_id", node))
-        return DeviceConfig(name, kind, float(interval), external_id, params)
+        place = {key: self.value(items, key, "device", float, None, checks.in_range(*bounds))
+                 for key, bounds in DEVICE_PLACE_BOUNDS.items()}
+        return DeviceConfig(name, kind, float(interval), external_id, params,
+                            **{k: None if v is None else float(v) for k, v in place.items()})
 
 
 class _Items(dict):

@@ -121,7 +121,8 @@ class Device:
             name=self.device.name, type=KINDS[self.device.type].c8y_type,
             serial=self.device.external_id, model=f"c8ysim {self.device.type}",
             revision=__version__, supported_operations=("c8y_Restart",),
-            required_interval_min=c8y.required_interval_min)
+            required_interval_min=c8y.required_interval_min,
+            position=self.config.position(self.device.name))
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
                        random.Random(), drain_share(self.config),
                        # with a registration to fall back to, refusals are counted sooner

@@ -360,3 +360,15 @@ def test_bootstrap_password_others_can_read_is_a_warning(tmp_path):
     warnings = _warnings(c8ysim_check_config(path))
     assert len(warnings) == 1 and "cumulocity.bootstrap.password_file holds the password, " \
         f"and every user can read {secret}" in warnings[0]
+
+
+def test_a_device_may_have_its_own_place_on_the_map():
+    cfg = config.parse("site: {latitude: 52.5, longitude: 13.4}\ndevices:\n"
+                       "  - {name: pv, type: pv}\n"
+                       "  - {name: hp, type: heatpump, latitude: -33.9, altitude_m: 12}\n")
+    assert cfg.position("pv") == (52.5, 13.4, None)
+    assert cfg.position("hp") == (-33.9, 13.4, 12.0)
+    with pytest.raises(config.ConfigError, match=r"<string>:3: device.latitude: must be "
+                                                 r"between -90 and 90"):
+        config.parse("site: {latitude: 52.5, longitude: 13.4}\ndevices:\n"
+                     "  - {name: pv, type: pv, latitude: 91}\n")

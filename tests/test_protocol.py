@@ -47,6 +47,11 @@ def check_rules(tenant) -> None:
             assert session[:4] == STARTUP, session[:6]
             if "201" in session:
                 assert session.index("500") < session.index("201"), session[:8]
+            if "500" in session:  # the device's place on the map, once per registration
+                assert session.count("112") == 1, session[:8]
+                assert session.index("112") < session.index("500"), session[:8]
+        # the site's coordinates (write_config: 52.52, 13.40), as numbers Cumulocity reads
+        assert tenant.device(client).position == ["52.52", "13.4"], client
 
 
 def _sessions(sequence: list[str]) -> list[list[str]]:

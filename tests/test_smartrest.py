@@ -36,6 +36,8 @@ def strip_trailing(fields: list[str]) -> list[str]:
 # --- §9 upstream vectors, byte-exact --------------------------------------------------------
 
 EXACT = [
+    (sr.position(52.52, 13.4), "112,52.52,13.4"),
+    (sr.position(-33.9, 151.2, 58), "112,-33.9,151.2,58"),
     (sr.device_creation("myDevice", "myType"), "100,myDevice,myType"),
     (sr.device_creation("My first MQTT device", "c8y_MQTTdevice"),
      "100,My first MQTT device,c8y_MQTTdevice"),

@@ -94,6 +94,7 @@ class Registration:
     revision: str
     supported_operations: tuple[str, ...]
     required_interval_min: int
+    position: tuple[float, float, float | None] | None = None  # latitude, longitude, altitude
 
 
 class Session:
@@ -318,6 +319,8 @@ class Session:
         lines = [smartrest.hardware(reg.serial, reg.model, reg.revision),
                  smartrest.supported_operations(*reg.supported_operations),
                  smartrest.required_interval(reg.required_interval_min)]
+        if reg.position:
+            lines.append(smartrest.position(*reg.position))
         self._send_session("\n".join(lines))
         self._subscribe(smartrest.OPERATIONS_TOPIC, 1, "s/ds")
 

@@ -2,7 +2,7 @@
 
 Owns everything about the SmartREST text format and nothing about MQTT sessions:
 topic names, the CSV field quoting, one function per static template c8ysim publishes
-(100, 110, 114, 117, 201, 301-304, 306, 400, 500-503), a reading as its lines, ISO 8601
+(100, 110, 112, 114, 117, 201, 301-304, 306, 400, 500-503), a reading as its lines, ISO 8601
 timestamps, and the quote-aware parser for `s/ds` / `s/e` payloads (see the protocol
 reference, cumulocity-mqtt-reference.md in the shared docs, §2.5, §3, §9).
 
@@ -131,6 +131,12 @@ def device_creation(name: str | None, type: str | None) -> str:
 def hardware(serial: str | None, model: str | None, revision: str | None) -> str:
     """110: c8y_Hardware."""
     return line(110, serial, model, revision)
+
+
+def position(latitude: float, longitude: float, altitude: float | None = None) -> str:
+    """112: c8y_Position (the device's place on Cockpit's map)."""
+    return line(112, float(latitude), float(longitude),
+                None if altitude is None else float(altitude))
 
 
 def supported_operations(*fragments: str) -> str:

@@ -27,6 +27,7 @@ class Device:
     supported_operations: list[str] | None = None
     required_interval: int | None = None
     agent: list[str] | None = None
+    position: list[str] | None = None  # 112: latitude, longitude, altitude, accuracy
 
 
 class Inventory:
@@ -55,7 +56,7 @@ class Inventory:
             mo_id=self.new_id(), ready_at=time.monotonic() + delay)
 
     def apply(self, key: str, tid: int, args: list[str]) -> None:
-        """Store what 110, 114, 117 (first one only) and 122 declare."""
+        """Store what 110, 112, 114, 117 (first one only) and 122 declare."""
         device = self.devices[key]
         if tid == 110:
             device.hardware = args
@@ -65,3 +66,5 @@ class Inventory:
             device.required_interval = int(args[0])
         elif tid == 122:
             device.agent = args
+        elif tid == 112:
+            device.position = args

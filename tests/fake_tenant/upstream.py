@@ -17,7 +17,7 @@ from .connection import Connection
 from .inventory import Inventory
 from .journal import Journal
 from .limits import ERR_DEVICE_EXISTS, ERR_MALFORMED, ERR_NO_TEMPLATE, PLATFORM_VERSION
-from .measurements import json_measurement_problems
+from .measurements import json_measurement_problems, measurement_from_fields, unit_problems
 from .operations import OperationBook
 from .rejections import LineRejections
 from .smartrest import SrLine, parse_smartrest, quoting_problems, strip_trailing_empty
@@ -122,6 +122,10 @@ class Upstream:
             self.journal.violation(conn.key, f"{line.raw!r}: {answer} ({detail})")
             self._send_error(conn, f"45,{tid},{answer}")
             return None
+        if tid == 201:  # not the platform's rule but c8ysim's: a chart needs one unit each
+            measurement = measurement_from_fields(strip_trailing_empty(line.fields))
+            for problem in unit_problems(measurement) if measurement else ():
+                self.journal.violation(conn.key, f"{line.raw[:80]!r}...: {problem}")
         return tid
 
     def _device_100(self, conn: Connection, args: list[str]) -> bool:
@@ -135,7 +139,7 @@ class Upstream:
         return True
 
     def _apply_line(self, conn: Connection, tid: int, args: list[str]) -> None:
-        if tid in (110, 114, 117, 122):
+        if tid in (110, 112, 114, 117, 122):
             self.inventory.apply(conn.key, tid, args)
         elif tid in (123, 600, 602):
             self.deliver(conn, "s/ds", self._reply(conn.key, tid).encode())
