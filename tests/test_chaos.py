@@ -60,7 +60,8 @@ def write_chaos_config(directory: Path, port: int, status_port: int, interval_s:
     path.write_text(
         "site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"
         f"cumulocity: {{host: 127.0.0.1, port: {port}, tenant: t1, user: u, "
-        f"password: secret, reconnect_max_s: 2, keepalive_s: {KEEPALIVE_S}}}\n"
+        f"password: secret, reconnect_max_s: 2, keepalive_s: {KEEPALIVE_S}, "
+        f"max_lines_per_s: {100 * len(DEVICES)}}}\n"  # 100 per device, as these runs were tuned
         f"storage: {{path: {state_dir}}}\n"
         f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
         "devices:\n" + devices)
