@@ -10,33 +10,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from fake_tenant import FakeTenant
-from test_fake_tenant import Probe, online, wait_until
-
-
-@pytest.fixture
-def tenant():
-    fake = FakeTenant()
-    fake.start()
-    yield fake
-    fake.stop()
-    assert fake.internal_errors == []
-
-
-@pytest.fixture
-def make(tenant):
-    made: list[Probe] = []
-
-    def factory(client_id: str, **kwargs) -> Probe:
-        probe = Probe(tenant.port, client_id, **kwargs)
-        made.append(probe)
-        return probe
-
-    yield factory
-    for probe in made:
-        probe.close()
+from test_fake_tenant import Probe, make, online, tenant, wait_until  # noqa: F401 (fixtures)
 
 
 def applied_temperatures(tenant, client) -> list[str]:

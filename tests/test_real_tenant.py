@@ -16,24 +16,11 @@ import html
 import re
 import time
 
-import pytest
-
 from conftest import free_port, wait_until, write_config
-from fake_tenant import FakeTenant
+from test_protocol import CLIENTS, templates, tenant  # noqa: F401 (tenant: a fixture)
 
-PV, HP, GRID = "c8ysim-pv-roof", "c8ysim-heatpump", "c8ysim-grid-meter"
-CLIENTS = (PV, HP, GRID)
+PV, HP, GRID = CLIENTS
 NOT_SUPPORTED = "{} is not supported by c8ysim"
-
-
-@pytest.fixture
-def tenant():
-    with FakeTenant({"t1/u": "secret"}) as fake:
-        yield fake
-
-
-def templates(tenant, client) -> list[str]:
-    return [fields[0] for fields in tenant.lines(client)]
 
 
 def answers(tenant, client) -> list[str]:
