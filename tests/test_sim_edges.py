@@ -27,7 +27,7 @@ import math
 from collections import Counter
 from datetime import datetime, timezone
 
-from hypothesis import given, note
+from hypothesis import example, given, note
 from pytest import approx
 from hypothesis import strategies as st
 
@@ -162,6 +162,8 @@ def test_sun_position_is_total(t, lat, lon):
        azimuth=finite, e0=st.floats(1300.0, 1420.0), k=st.floats(0.0, 1.2), tilt=st.floats(0.0, math.pi),
        plane_azimuth=finite, temp=st.floats(-100.0, 100.0), wind=finite,
        peak_w=st.floats(0.0, MAX_RATING_KW * 1e3))
+@example(cz=1.0, azimuth=-1.7976931348623157e+308, e0=1300.0, k=1.0, tilt=0.5,  # found in CI
+         plane_azimuth=9.9792015476736e+291, temp=0.0, wind=0.0, peak_w=0.0)
 def test_pv_chain_is_total(cz, azimuth, e0, k, tilt, plane_azimuth, temp, wind, peak_w):
     COUNTS["pv chain examples"] += 1
     ghi = haurwitz_ghi(cz) * k

@@ -87,8 +87,10 @@ def plane_of_array(ghi: float, sun: SunPosition, tilt_rad: float, azimuth_deg: f
     dhi = ghi * erbs_diffuse_fraction(kt) if cz > _COS_MAX_BEAM_ZENITH else ghi
     dni = (ghi - dhi) / cz if cz > _COS_MAX_BEAM_ZENITH else 0.0
     sz = math.sqrt(max(0.0, 1.0 - cz * cz))
+    # Each angle reduced first: the difference of two huge ones would be infinite.
+    relative_deg = sun.azimuth_deg % 360.0 - azimuth_deg % 360.0
     cos_aoi = (cz * math.cos(tilt_rad)
-               + sz * math.sin(tilt_rad) * math.cos(math.radians(sun.azimuth_deg - azimuth_deg)))
+               + sz * math.sin(tilt_rad) * math.cos(math.radians(relative_deg)))
     return (dni * max(0.0, cos_aoi) + dhi * (1.0 + math.cos(tilt_rad)) / 2.0
             + ghi * GROUND_ALBEDO * (1.0 - math.cos(tilt_rad)) / 2.0)
 
