@@ -28,6 +28,7 @@ class Kind:
     tile_words: tuple[str, str] = ("", "")  # added to the tile's label by sign
     shown_sign: int = 1  # -1: show the power turned round (a generator's output positive)
     site_wide: bool = False  # its readings add up the household's other devices
+    faults: tuple[str, ...] = ()  # what `fault <name>` may break (besides comms_loss)
 
     def shown_power(self, watts: float) -> float:
         """Power as the status page shows it (`watts`: + drawn from the grid side)."""
@@ -43,14 +44,15 @@ KINDS: Mapping[str, Kind] = MappingProxyType({kind.name: kind for kind in (
     Kind("pv", "c8ysim_PvInverter", "c8ysim.sim.devices:PvModel",
          {"peak_kw": 5.0, "tilt_deg": 30.0, "azimuth_deg": 180.0, "inverter_kw": 4.6,
           "three_phase_above_kw": 4.6, "phase": 1.0},
-         tile="PV", words=("generating", "drawing"), shown_sign=-1),
+         tile="PV", words=("generating", "drawing"), shown_sign=-1,
+         faults=("inverter_trip",)),
     # `phases`: 3 (a balanced three-phase compressor) or 1 (on `phase`, 1-3).
     Kind("heatpump", "c8ysim_HeatPump", "c8ysim.sim.devices:HeatPumpModel",
          {"rated_kw": 3.0, "building_kwh_per_year": 12000.0, "phases": 3.0, "phase": 1.0},
-         tile="heat pump", words=("drawing", "delivering")),
+         tile="heat pump", words=("drawing", "delivering"), faults=("compressor_fault",)),
     Kind("grid", "c8ysim_GridMeter", "c8ysim.sim.devices:GridMeterModel", {},
          tile="grid", words=("importing", "exporting"), tile_words=("import", "export"),
-         site_wide=True),
+         site_wide=True, faults=("outage",)),
 )})
 
 # The household's own load (not a device): parameters under `household:` in the YAML.
