@@ -26,14 +26,12 @@ active alarm per type; replayed raises would fight the live state); events are k
 from __future__ import annotations
 
 import math
-import re
 from typing import Iterable, Iterator
 
-from c8ysim import sim
+from c8ysim import durations, sim
 from c8ysim.uplink import smartrest
 
 ROWS_PER_TRANSACTION = 1000
-SPAN_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_SPAN_S = 366 * 86400
 MAX_BRIDGE_SLOTS = 100_000  # a stored state further ahead than this (a clock that went back
 #                             a long way) is not stepped to: the span's end is the anchor
@@ -42,13 +40,7 @@ REGISTER_DIGITS = 4
 
 def parse_span(text: str) -> float:
     """'24h', '90m', '7d', '3600s' or plain seconds -> seconds; ValueError if not."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ValueError(f"'{text}' is not a duration like 24h, 90m or 7d")
-    seconds = float(match.group(1)) * SPAN_UNITS_S[match.group(2) or "s"]
-    if not 0 < seconds <= MAX_SPAN_S:
-        raise ValueError(f"the span must be more than 0 and at most {MAX_SPAN_S // 86400} days")
-    return seconds
+    return durations.parse(text, MAX_SPAN_S)
 
 
 def slot_time(k: int, interval_s: float) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from c8ysim import certs, config_checks as checks, hostid
+from c8ysim import certs, config_checks as checks, durations, hostid
 from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
-from c8ysim.site import DeviceSpec, Site
+from c8ysim.site import COMMS_LOSS, DAY_S, FAULT, WEATHER, WEATHER_KINDS, DeviceSpec, Scenario, Site
 
 DEFAULT_CONFIG_PATH = "/etc/c8ysim.yaml"
 DEVICE_PLACE_BOUNDS = {"latitude": (-90, 90), "longitude": (-180, 180),
@@ -31,6 +31,10 @@ CONFIG_ENV_VAR = "C8YSIM_CONFIG"
 MIN_INTERVAL_S = 0.1
 MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
 EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
+MAX_SCENARIO_DELAY_S = 365 * DAY_S  # `after:` at most a year on
+MAX_SCENARIO_S = 7 * DAY_S  # `for:` of a one-off scenario (a daily one: at most a day)
+SCENARIO_KEYS = ("at", "after", "for", "device", "fault", "uplink_outage", "weather")
+SETTINGS_INTERVAL_KEY = "interval_s"  # besides the kind's parameters, in c8y_Configuration
 MIN_HIDDEN_CHARS = 3  # secrets shorter than this are not searched for in error messages
 HIDDEN = "<not shown>"
 NOT_SHOWN = "(its value is not shown: it may be a secret)"
@@ -373,7 +377,7 @@ class _Reader:
             return None
         top = self.mapping(root, "the top level", (
             "site", "household", "cumulocity", "storage", "status", "devices", "log_level",
-            "supervisor"))
+            "supervisor", "scenarios"))
         if "site" not in top:
             self.error(root, "missing required section 'site' (latitude, longitude, ...)")
         log_level = self.value(top, "log_level", "config", str, _default(Config, "log_level"),
@@ -385,7 +389,8 @@ class _Reader:
             self.client_certificates(cumulocity.tls, devices)
         return Config(
             path=path,
-            site=dataclasses.replace(self.site(top), devices=specs),
+            site=dataclasses.replace(self.site(top), devices=specs,
+                                     scenarios=self.scenarios(top.get("scenarios"), devices)),
             cumulocity=cumulocity,
             storage=self.storage(top),
             status=self.status(top),
@@ -413,6 +418,80 @@ class _Reader:
             seed=self.value(items, "seed", "site", int, 1),
             household=household,
         )
+
+    def scenarios(self, node, devices: list[DeviceConfig]) -> tuple[Scenario, ...]:
+        """The `scenarios:` list: each a fault of one device, its uplink down, or the
+        weather, daily `at` a site time or once `after` the agent loaded it, `for` a time."""
+        if node is None:
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, "'scenarios' must be a list of {at or after, for, device, and "
+                       "fault, uplink_outage or weather} mappings")
+            return ()
+        kinds = {d.name: d.type for d in devices}
+        found = (self.scenario(item, kinds) for item in node.value)
+        return tuple(scenario for scenario in found if scenario is not None)
+
+    def scenario(self, node, kinds: dict[str, str]) -> Scenario | None:
+        items = self.mapping(node, "a scenario", SCENARIO_KEYS)
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        what = [key for key in ("fault", "uplink_outage", "weather") if key in items]
+        when = [key for key in ("at", "after") if key in items]
+        if len(what) != 1 or len(when) != 1:
+            self.error(node, "a scenario needs one of 'at' (a daily site time, \"14:00\") or "
+                       "'after' (a duration from the agent's start, 10m), and one of "
+                       f"'fault', 'uplink_outage' or 'weather'; this one has {what + when}")
+            return None
+        daily = when[0] == "at"
+        at = self.time_of_day(items["at"]) if daily else None
+        limit = DAY_S if daily else MAX_SCENARIO_S
+        duration = self.duration(items, "for", limit)
+        after = None if daily else self.duration(items, "after", MAX_SCENARIO_DELAY_S)
+        device = self.value(items, "device", "scenario", str, "")
+        if what[0] == "weather":
+            name = self.value(items, "weather", "scenario", str, None,
+                              checks.one_of(*WEATHER_KINDS))
+        elif device not in kinds:
+            self.error(items.get("device", node), f"the scenario's device {device!r} is not one "
+                       f"of the devices ({', '.join(kinds) or 'none'})" if device else
+                       "a fault scenario needs 'device': the device it happens to")
+            return None
+        elif what[0] == "uplink_outage":
+            on = self.value(items, "uplink_outage", "scenario", bool, None,
+                            lambda v: None if v else "must be true (leave the scenario out)")
+            name = COMMS_LOSS if on else None
+        else:
+            allowed = (*KINDS[kinds[device]].faults, COMMS_LOSS)
+            name = self.value(items, "fault", "scenario", str, None, lambda v: None if v in allowed
+                              else f"{v!r} is not a fault of {device} (type {kinds[device]}): "
+                              f"use one of {', '.join(allowed)}")
+        if name is None or duration is None or (at is None and after is None):
+            return None
+        return Scenario(WEATHER if what[0] == "weather" else FAULT, name,
+                        device if what[0] != "weather" else "", duration,
+                        daily_at_s=checks.seconds_of_day(at) if daily else None, after_s=after)
+
+    def time_of_day(self, node) -> str | None:
+        """`at:` as written: YAML 1.1 reads an unquoted 14:00 as the number 840."""
+        text = node.value if isinstance(node, yaml.ScalarNode) else None
+        problem = checks.check_time_of_day(text) if isinstance(text, str) else \
+            "must be a time of day like \"14:00\""
+        if problem:
+            self.error(node, f"scenario.at: {problem}")
+            return None
+        return text
+
+    def duration(self, items: dict, key: str, max_s: float) -> float | None:
+        """A duration (`30s`, `10m`, `2h`, `1d` or a number of seconds) up to `max_s`."""
+        value = self.value(items, key, "scenario", (str, float))
+        if value is None:
+            return None
+        try:
+            return durations.parse(str(value), max_s)
+        except ValueError as exc:
+            self.error(items[key], f"scenario.{key}: {exc}")
+            return None
 
     def params(self, node, where: str, catalogue) -> tuple[tuple[str, float], ...]:
         if node is None:
@@ -687,6 +766,32 @@ class _Reader:
                  for key, bounds in DEVICE_PLACE_BOUNDS.items()}
         return DeviceConfig(name, kind, float(interval), external_id, params,
                             **{k: None if v is None else float(v) for k, v in place.items()})
+
+
+def parse_settings(text: str, kind: str) -> tuple[tuple[tuple[str, float], ...], float | None]:
+    """A device's simulation settings sent as `c8y_Configuration` text: YAML with
+    `interval_s` and the parameters of its kind, checked by the config file's rules.
+    Returns (parameters, interval or None); ConfigError names the line of each problem."""
+    path = "the configuration text"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
+    reader = _Reader(root, path)
+    catalogue = KINDS[kind].params
+    if root is None:
+        return (), None
+    items = reader.mapping(root, "the configuration", (SETTINGS_INTERVAL_KEY, *catalogue))
+    interval = reader.value(items, SETTINGS_INTERVAL_KEY, "configuration", float, None,
+                            checks.in_range(MIN_INTERVAL_S, 86400))
+    values = {k: reader.value(items, k, "configuration", float, None, checks.positive)
+              for k in items if k != SETTINGS_INTERVAL_KEY}
+    if reader.problems:
+        raise ConfigError(path, sorted(reader.problems, key=lambda p: p.line))
+    params = tuple((k, float(v)) for k, v in values.items() if v is not None)
+    return params, None if interval is None else float(interval)
 
 
 class _Items(dict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import ssl
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # Used with fullmatch(): `$` with match() also accepts a trailing newline ("pv\n").
@@ -37,6 +36,22 @@ def non_empty(value: str) -> str | None:
 
 def one_of(*choices):
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def check_time_of_day(text: str) -> str | None:
+    if seconds_of_day(text) is None:
+        return f"{text!r} is not a time of day like \"14:00\" (HH:MM, 00:00-23:59, quoted)"
+    return None
+
+
+def seconds_of_day(text: str) -> float | None:
+    """'14:30' -> 52200.0; None for anything else."""
+    hours, _, minutes = text.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and len(hours) <= 2):
+        return None
+    if int(hours) > 23 or int(minutes) > 59:
+        return None
+    return int(hours) * 3600.0 + int(minutes) * 60.0
 
 
 def check_port(port: int) -> str | None:
@@ -104,6 +119,8 @@ def for_device(path: str | None, external_id: str) -> str | None:
 def check_ca_file(name: str) -> str | None:
     if problem := readable_file(name):
         return problem
+    import ssl  # only with TLS files: importing ssl loads OpenSSL
+
     try:
         ssl.create_default_context(cafile=name)
     except (ssl.SSLError, OSError, ValueError) as exc:
@@ -113,6 +130,8 @@ def check_ca_file(name: str) -> str | None:
 
 def check_key_pair(cert_file: str, key_file: str | None) -> str | None:
     """None when the private key fits the certificate (and is not password-protected)."""
+    import ssl  # only with TLS files: importing ssl loads OpenSSL
+
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
             cert_file, key_file, password=lambda: b"")

@@ -23,8 +23,9 @@ import signal
 import socket
 import time
 
-from c8ysim import __version__, exits, sim
+from c8ysim import __version__, exits, logs, sim
 from c8ysim.config import Config, DeviceConfig
+from c8ysim.control import Control
 from c8ysim.heartbeat import Heartbeat, Link
 from c8ysim.kinds import KINDS
 from c8ysim.storage import Buffer, StorageConfigError, open_buffer
@@ -39,6 +40,7 @@ MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
 AUTH_RETRY_WITH_FALLBACK_S = 30.0  # refused logins retried within this: ~1 min to fall back
 MODEL_STATE_KEY = "model.state"
 SAVE_RETRY_S = 60.0  # issued credentials not yet stored: try again this often
+OUTAGE_GRACE_S = 5.0  # a comms_loss waits this long at most for operation answers in flight
 # Heartbeat counters that go on across the uplinks of one child (bootstrap, sessions).
 CARRIED_COUNTERS = ("sent", "reconnects", "attempts", "inbound_dropped", "inbound_ignored",
                     "rejected")
@@ -56,7 +58,11 @@ class Device:
         self.config, self.device, self.buffer = config, device, buffer
         self.heartbeat, self.parent_pid = heartbeat, parent_pid
         self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.model = sim.build_model(config.site, device.name)
+        self.control = Control(config, device, self.reading_now, self.status_text)
+        self.model = sim.build_model(self.control.site, device.name)
+        self.configuration = self.control.configuration()
+        self.outage_until: float | None = None  # a comms_loss has the uplink down until then
+        self.outage_seen_at: float | None = None
         self.model_state = load_model_state(buffer) or self.model.initial_state()
         self.credentials_path = credentials.path_for(config.storage.path, device.name)
         self.session: Session | None = None
@@ -120,14 +126,15 @@ class Device:
         registration = Registration(
             name=self.device.name, type=KINDS[self.device.type].c8y_type,
             serial=self.device.external_id, model=f"c8ysim {self.device.type}",
-            revision=__version__, supported_operations=("c8y_Restart",),
+            revision=__version__,
+            supported_operations=("c8y_Restart", *self.control.actions()),
             required_interval_min=c8y.required_interval_min,
-            position=self.config.position(self.device.name))
+            position=self.config.position(self.device.name), configuration=self.configuration)
         return Session(endpoint, registration, self.buffer, self.events, c8y.reconnect_max_s,
                        random.Random(), drain_share(self.config),
                        # with a registration to fall back to, refusals are counted sooner
                        auth_retry_max_s=AUTH_RETRY_WITH_FALLBACK_S if self.login_source
-                       else None)
+                       else None, actions=self.control.actions())
 
     @property
     def uplink(self) -> Session | Bootstrap | None:
@@ -208,7 +215,7 @@ class Device:
     def _uplink_status(self) -> dict:
         uplink = self.uplink
         if uplink is None:
-            return {}
+            return {"connection": Link.OUTAGE, **self.carried} if self.outage_until else {}
         status = uplink.status()
         for key, value in self.carried.items():
             if isinstance(status.get(key), int):
@@ -220,17 +227,19 @@ class Device:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(_Stop()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor too
-        interval = self.device.interval_s
-        next_tick = time.monotonic() + _until_next_slot_s(interval)
+        next_tick = time.monotonic() + _until_next_slot_s(self.control.interval_s)
         next_heartbeat = 0.0
         while self.running:
             now = time.monotonic()
+            if self._follow_control():
+                next_tick = now + _until_next_slot_s(self.control.interval_s)
             if now >= next_tick:
                 self.tick()
                 # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
                 # the interval: all devices read at the same timestamps, and a jump of the
                 # wall clock never stalls or bursts the loop.
-                next_tick = now + _until_next_slot_s(interval)
+                next_tick = now + _until_next_slot_s(self.control.interval_s)
+            self._follow_outage(time.time(), now)
             self._poll_uplink(time.monotonic())
             if self.session and self.session.operations.restart_requested:
                 log.info("restarting the device for its c8y_Restart operation")
@@ -268,8 +277,69 @@ class Device:
         elif self.uplink:
             self.uplink.handle(event, time.monotonic())
 
-    def tick(self) -> None:
-        t = _slot(time.time(), self.device.interval_s)
+    # -- what the schedule and Cumulocity change ------------------------------------------
+
+    def _follow_control(self) -> bool:
+        """Apply a change of the live files: the model (faults, weather, parameters), the
+        113 text. True when the interval may have changed."""
+        if not self.control.refresh():
+            return False
+        self.model = sim.build_model(self.control.site, self.device.name)
+        configuration = self.control.configuration()
+        if configuration != self.configuration:
+            self.configuration = configuration
+            log.info("settings now: %s", self.control.overrides or "as in the YAML file")
+            if self.session:
+                self.session.report_configuration(configuration)
+        return True
+
+    def _follow_outage(self, now: float, monotonic_now: float) -> None:
+        """Take the uplink down for a comms_loss window of this device, and up after it."""
+        until = self.control.outage_until(now)
+        if self.outage_until is not None:
+            if until is None:
+                log.log(logs.NOTICE, "comms_loss over: reconnecting, delivering what was "
+                        "buffered meanwhile")
+                self.outage_until = self.outage_seen_at = None
+                self._start_uplink()
+            else:
+                self.outage_until = until
+            return
+        if until is None or self.uplink is None:
+            self.outage_seen_at = None
+            return
+        self.outage_seen_at = self.outage_seen_at or monotonic_now
+        busy = self.session is not None and not self.session.operations.idle
+        if busy and monotonic_now - self.outage_seen_at < OUTAGE_GRACE_S:
+            return  # answer the operation (maybe the very command) first
+        self._retire(self.uplink)
+        self.session = self.bootstrap = None
+        self.outage_until = until
+        log.log(logs.NOTICE, "comms_loss: uplink down until %s, buffering meanwhile",
+                time.strftime("%H:%M:%S UTC", time.gmtime(until)))
+
+    def reading_now(self) -> str:
+        """Take a reading at this very moment (a measurement request); its summary."""
+        t = round(time.time(), 3)
+        self.tick(t)
+        return f"reading of {len(self.units or ())} values at {smartrest.iso_time(t)}"
+
+    def status_text(self) -> str:
+        stats = self.buffer.stats(time.time())
+        link = self._uplink_status().get("connection", Link.NOT_CONFIGURED)
+        faults = ", ".join(f"{name}{' on ' + device if device else ''} until "
+                           f"{smartrest.iso_time(end)}"
+                           for name, device, end in self.control.faults(time.time())) or "none"
+        overrides = ", ".join(f"{k}={v:g}" for k, v in self.control.overrides.items()) or "none"
+        return (f"{self.device.name} ({self.device.type}, {self.device.external_id}): "
+                f"link {link}, {stats.depth} readings queued, every "
+                f"{self.control.interval_s:g} s; faults: {faults}; set from Cumulocity: "
+                f"{overrides}")
+
+    # -- readings ---------------------------------------------------------------------------
+
+    def tick(self, t: float | None = None) -> None:
+        t = _slot(time.time(), self.control.interval_s) if t is None else t
         last_t = self.model_state.get("t")
         if t == last_t:
             return  # this slot was already read (the loop woke a little early)
@@ -290,6 +360,7 @@ class Device:
             oldest_queued_age_s=stats.oldest_age_s, dropped=stats.dropped,
             quarantined=stats.quarantined, lost=stats.lost, degraded=stats.degraded,
             buffer_backend=stats.backend, last_reading=self.last_reading, units=self.units,
+            faults=self.control.faults(time.time()), overrides=self.control.overrides or None,
             **self._uplink_status())
         try:
             self.heartbeat.send(beat.encode())

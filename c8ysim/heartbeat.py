@@ -26,6 +26,7 @@ class Link(StrEnum):
     STOPPED = "stopped"  # closed for good (the device is stopping)
     AUTH_FAILED = "auth_failed"  # disconnected after the broker refused the credentials
     NOT_CONFIGURED = "not_configured"  # no `cumulocity` section: simulating and buffering
+    OUTAGE = "comms_loss"  # a simulated comms_loss: offline on purpose, buffering
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Heartbeat:
     rejected: int = 0  # error lines the platform sent on s/e for our lines (not the expected)
     rejections: list | None = None  # the last few: [[epoch, "the s/e line"], ...]
     drain_rate: float | None = None  # lines/s a backlog drains at now (lower after throttling)
+    faults: list | None = None  # active faults and forced weather: [[name, device, end], ...]
+    overrides: dict | None = None  # settings set from Cumulocity: {"peak_kw": 8.0, ...}
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

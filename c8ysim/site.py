@@ -14,6 +14,7 @@ through `Site.scenarios`; which window holds t is a pure function of t.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -108,3 +109,23 @@ class Site:
             if window is not None:
                 found.append((scenario, window[1]))
         return found
+
+
+def anchor(scenarios: tuple[Scenario, ...], now: float,
+           before: tuple[Scenario, ...] = ()) -> tuple[Scenario, ...]:
+    """`scenarios` with each `after_s` entry's `start` set: the start the same entry has in
+    `before` (the running configuration: a reload that keeps it does not move it), else
+    now + after_s."""
+    kept = [s for s in before if s.after_s is not None and s.start is not None]
+    result = []
+    for scenario in scenarios:
+        if scenario.after_s is None:
+            result.append(scenario)
+            continue
+        same = next((s for s in kept if dataclasses.replace(s, start=None) == scenario), None)
+        if same is not None:
+            kept.remove(same)
+            result.append(same)
+        else:
+            result.append(dataclasses.replace(scenario, start=now + scenario.after_s))
+    return tuple(result)

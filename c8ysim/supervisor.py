@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from c8ysim import __version__, heartbeat, logs, processes, wallclock
+from c8ysim import __version__, heartbeat, logs, processes, site, wallclock
 from c8ysim.config import Config, ConfigError
 from c8ysim.heartbeat import Heartbeat
 from c8ysim.kinds import KINDS
@@ -94,7 +94,8 @@ class Supervisor:
     def __init__(self, config: Config, run_child: Callable, build_app: Callable,
                  load_config: Callable[[str], Config], notifier: Notifier,
                  policy: Policy = Policy()):
-        self.config, self.run_child, self.build_app = config, run_child, build_app
+        self.config = _anchored(config, time.time())
+        self.run_child, self.build_app = run_child, build_app
         self.load_config, self.notifier, self.policy = load_config, notifier, policy
         self.selector = selectors.DefaultSelector()
         self.children: dict[str, Child] = {}
@@ -396,7 +397,8 @@ class Supervisor:
         it cannot be, the running configuration, socket and children stay as they are."""
         if new.status != self.config.status and not self._switch_status(new):
             return
-        old, self.config = self.config, new
+        old, self.config = self.config, _anchored(new, time.time(), self.config)
+        new = self.config
         logs.setup(new.log_level, "supervisor")
         removed, changed, added = diff(old, new)
         for name in removed:
@@ -574,6 +576,14 @@ def _shared_settings(config: Config) -> tuple:
     """What every child reads besides its own device entry (the site without its devices)."""
     return (dataclasses.replace(config.site, devices=()), config.cumulocity, config.storage,
             config.log_level)
+
+
+def _anchored(config: Config, now: float, running: Config | None = None) -> Config:
+    """`config` with its `after:` scenarios timed from now, or, kept across a reload, from
+    when the running configuration first had them (every child shares these starts)."""
+    scenarios = site.anchor(config.site.scenarios, now,
+                            running.site.scenarios if running else ())
+    return dataclasses.replace(config, site=dataclasses.replace(config.site, scenarios=scenarios))
 
 
 def _record_only(signum, frame) -> None:

@@ -30,9 +30,10 @@ def answers(tenant, client) -> list[str]:
 
 
 def start_agent(tmp_path, port, agent_factory, devices=None, reconnect_max_s=2,
-                interval_s=0.5):
+                interval_s=0.5, extra=""):
     status_port = free_port()
-    config = write_config(tmp_path, port, status_port, interval_s=interval_s, devices=devices)
+    config = write_config(tmp_path, port, status_port, interval_s=interval_s, devices=devices,
+                          extra=extra)
     config.write_text(config.read_text().replace(
         "reconnect_max_s: 2}", f"reconnect_max_s: {reconnect_max_s}}}"))
     return agent_factory(config, status_port).start()
@@ -170,15 +171,15 @@ def test_unsupported_operations_end_failed_in_order(tmp_path, tenant, agent_fact
     wait_until(lambda: all_online(agent), 15, what="devices online")
     tenant.send_operation(PV, f"522,{PV},syslog,2026-01-01T00:00:00Z,2026-01-02T00:00:00Z,,100")
     tenant.send_operation(PV, f"515,{PV},c8ysim,2.0,http://example.invalid/fw.bin")
-    tenant.send_operation(PV, f"511,{PV},reboot")
+    tenant.send_operation(PV, f"519,{PV},OPEN,CLOSED")
     tenant.send_operation(HP, f"522,{HP},syslog")
     wait_until(lambda: statuses(tenant, PV) == ["FAILED"] * 3 and
                statuses(tenant, HP) == ["FAILED"], 15, what="all four FAILED")
     ops = tenant.operations(PV)
     assert [op.failure_reason for op in ops] == [
-        NOT_SUPPORTED.format(f) for f in ("c8y_LogfileRequest", "c8y_Firmware", "c8y_Command")]
+        NOT_SUPPORTED.format(f) for f in ("c8y_LogfileRequest", "c8y_Firmware", "c8y_RelayArray")]
     assert answers(tenant, PV) == (refusal("c8y_LogfileRequest") + refusal("c8y_Firmware")
-                                   + refusal("c8y_Command"))
+                                   + refusal("c8y_RelayArray"))
     assert answers(tenant, HP) == refusal("c8y_LogfileRequest")
     assert answers(tenant, GRID) == []
     # a template without an operation fragment is ignored, and counted

@@ -60,18 +60,19 @@ def test_operations_for_other_devices_and_garbage_are_ignored(tmp_path, mosquitt
                                                               agent_factory):
     agent = start_agent(tmp_path, mosquitto, agent_factory)
     pids = {name: d["pid"] for name, d in agent.devices().items()}
-    for payload in ("510,someone-else", "", "\x00\xff,,,\"", '511,c8ysim-pv-roof,"unterminated',
-                    "999," + PV, "510", "x" * 20000, f'511,{PV},"a\nb"\n510,other'):
+    for payload in ("510,someone-else", "", "\x00\xff,,,\"", '519,c8ysim-pv-roof,"unterminated',
+                    "999," + PV, "510", "x" * 20000, f'519,{PV},"a\nb"\n510,other'):
         send_operation(mosquitto.port, payload)
-    # the two 511 lines for pv-roof (one unterminated) are refused, one at a time
-    refusal = ["501,c8y_Command", "502,c8y_Command,c8y_Command is not supported by c8ysim"]
-    wait_until(lambda: len(upstream(recorder, "502,")) == 2, 10, what="both 511 refused")
+    # the two 519 lines for pv-roof (one unterminated) are refused, one at a time
+    refusal = ["501,c8y_RelayArray",
+               "502,c8y_RelayArray,c8y_RelayArray is not supported by c8ysim"]
+    wait_until(lambda: len(upstream(recorder, "502,")) == 2, 10, what="both 519 refused")
     time.sleep(1.0)
     assert [line for line in recorder.lines() if line.startswith(("501,", "502,", "503,"))] \
         == refusal * 2
     assert {name: d["pid"] for name, d in agent.devices().items()} == pids
     assert all(d["connected"] for d in agent.devices().values())
-    assert "refusing operation 511 (c8y_Command)" in agent.log_text()
+    assert "refusing operation 519 (c8y_RelayArray)" in agent.log_text()
     assert "ignoring unsupported operation 999" in agent.log_text()
     assert agent.stop() == 0
 

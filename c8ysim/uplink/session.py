@@ -3,7 +3,8 @@
 Runs in the device's main thread only: `handle()` takes the transport's events, `poll()` acts
 on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
 
-    CONNECT -> SUBSCRIBE s/e, 100 (wait for its PUBACK) -> 110 + 114 + 117 -> SUBSCRIBE s/ds
+    CONNECT -> SUBSCRIBE s/e, 100 (wait for its PUBACK) -> 110 + 114 + 117 (+ 112, 113)
+            -> SUBSCRIBE s/ds
             -> (s/ds granted) finish operations in flight (503/502) -> 500 -> drain
 
 Buffered rows leave the store only on their PUBACK; a lost connection forgets what was in
@@ -45,18 +46,19 @@ truncated and limited in lines (`logs.external`, `logs.LineBudget`).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from c8ysim import backoff, logs
 from c8ysim.heartbeat import Link
 from c8ysim.storage import Buffer, Record
 from c8ysim.uplink import smartrest
-from c8ysim.uplink.operations import Operations
+from c8ysim.uplink.operations import Action, Operations
 from c8ysim.uplink.pacing import DrainRate, TokenBucket
 from c8ysim.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
@@ -95,13 +97,15 @@ class Registration:
     supported_operations: tuple[str, ...]
     required_interval_min: int
     position: tuple[float, float, float | None] | None = None  # latitude, longitude, altitude
+    configuration: str | None = None  # the 113 text (c8y_Configuration), if it has one
 
 
 class Session:
     def __init__(self, endpoint: Endpoint, registration: Registration, buffer: Buffer,
                  events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random,
                  max_lines_per_s: float = UNLIMITED_LINES_PER_S,
-                 auth_retry_max_s: float | None = None):
+                 auth_retry_max_s: float | None = None,
+                 actions: Mapping[str, Action] | None = None):
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
         # Refused credentials are tried again near this (the device may fall back sooner).
@@ -112,7 +116,8 @@ class Session:
         self.inbound_budget = TokenBucket(INBOUND_BYTES_PER_S, time.monotonic())
         self.note_inbound = logs.LineBudget(log, INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S,
                                             time.monotonic)
-        self.operations = Operations(endpoint.client_id, buffer, self.note_inbound)
+        self.operations = Operations(endpoint.client_id, buffer, self.note_inbound,
+                                     actions=actions)
         self.inbound_dropped = 0  # s/ds, s/e messages dropped unread (too large, flood)
         self.log_oversized, self.log_flood = logs.BurstLog(log), logs.BurstLog(log)
         self.log_poison, self.log_store = logs.BurstLog(log), logs.BurstLog(log)
@@ -170,6 +175,12 @@ class Session:
             wait = self.pace.wait_s(now)
             return wait if wait > 0 else None
         return 1.0
+
+    def report_configuration(self, text: str) -> None:
+        """A new 113 text: sent now when online, and on every later connect."""
+        self.registration = dataclasses.replace(self.registration, configuration=text)
+        if self.state == Link.ONLINE:
+            self._send_session(smartrest.configuration(text))
 
     def close(self) -> None:
         if self.connection:
@@ -321,6 +332,8 @@ class Session:
                  smartrest.required_interval(reg.required_interval_min)]
         if reg.position:
             lines.append(smartrest.position(*reg.position))
+        if reg.configuration is not None:
+            lines.append(smartrest.configuration(reg.configuration))
         self._send_session("\n".join(lines))
         self._subscribe(smartrest.OPERATIONS_TOPIC, 1, "s/ds")
 

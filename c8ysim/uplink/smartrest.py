@@ -144,6 +144,11 @@ def supported_operations(*fragments: str) -> str:
     return line(114, *fragments)
 
 
+def configuration(text: str) -> str:
+    """113: the device's configuration text (Cumulocity's Configuration tab)."""
+    return line(113, text)
+
+
 def required_interval(minutes: int) -> str:
     """117: c8y_RequiredAvailability in whole minutes (0 = maintenance)."""
     if isinstance(minutes, bool) or not isinstance(minutes, int):

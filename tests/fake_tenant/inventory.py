@@ -3,7 +3,7 @@
 Owns the ``Device`` of each client key: creation by ``100`` (optionally
 delayed, to expose agents that do not wait for its PUBACK), the readiness
 rule "device exists and its creation took effect", and the inventory
-fragments set by 110, 114, 117 and 122.  Also hands out the platform IDs
+fragments set by 110, 112, 113, 114, 117 and 122.  Also hands out the platform IDs
 shared by managed objects and operations.
 """
 
@@ -28,6 +28,7 @@ class Device:
     required_interval: int | None = None
     agent: list[str] | None = None
     position: list[str] | None = None  # 112: latitude, longitude, altitude, accuracy
+    configuration: str | None = None  # 113: c8y_Configuration.config
 
 
 class Inventory:
@@ -56,7 +57,7 @@ class Inventory:
             mo_id=self.new_id(), ready_at=time.monotonic() + delay)
 
     def apply(self, key: str, tid: int, args: list[str]) -> None:
-        """Store what 110, 112, 114, 117 (first one only) and 122 declare."""
+        """Store what 110, 112, 113, 114, 117 (first one only) and 122 declare."""
         device = self.devices[key]
         if tid == 110:
             device.hardware = args
@@ -68,3 +69,5 @@ class Inventory:
             device.agent = args
         elif tid == 112:
             device.position = args
+        elif tid == 113:
+            device.configuration = args[0] if args else ""

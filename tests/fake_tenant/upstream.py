@@ -139,7 +139,7 @@ class Upstream:
         return True
 
     def _apply_line(self, conn: Connection, tid: int, args: list[str]) -> None:
-        if tid in (110, 112, 114, 117, 122):
+        if tid in (110, 112, 113, 114, 117, 122):
             self.inventory.apply(conn.key, tid, args)
         elif tid in (123, 600, 602):
             self.deliver(conn, "s/ds", self._reply(conn.key, tid).encode())
