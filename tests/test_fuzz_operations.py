@@ -10,10 +10,12 @@ Properties:
   line; a 501 of another fragment never more often than own lines of its template came in;
 - no 501 of a fragment while a line of that fragment awaits its acknowledgement (per
   process lifetime: callbacks of a process that "died" never run);
-- everything published is a 501/502/503 for c8y_Restart or a 501/502 of an operation
-  fragment c8ysim refuses;
-- once every acknowledgement came, no answer is owed any more and every 501 of a refused
-  fragment has its 502.
+- everything published is a 501/502/503 for c8y_Restart or for a supported action
+  (c8y_Command here: its action echoes, or raises for "boom"), or a 501/502 of an
+  operation fragment c8ysim refuses;
+- an action runs only after its 501 was acknowledged, at most once per acknowledged 501;
+- once every acknowledgement came, no answer is owed any more and every 501 has its
+  502 or 503.
 
 ~200 examples by default; 10 000 with HYPOTHESIS_PROFILE=fuzz (`make fuzz`).
 """
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
 from c8ysim.uplink import smartrest
-from c8ysim.uplink.operations import OPERATION_FRAGMENTS, UNSUPPORTED_KEY, Operations
+from c8ysim.uplink.operations import OPERATION_FRAGMENTS, OWED_KEY, Operations
 from fuzzing import fuzz_settings
 
 OWN = "c8ysim-pv-roof"
@@ -40,7 +42,7 @@ FUZZ = fuzz_settings(examples_in_make_test=200)
 # --- payloads --------------------------------------------------------------------------------
 
 templates = st.one_of(
-    st.sampled_from(["510", "0510", "00510", "511", "500", "106", "601", "603", "520", "530",
+    st.sampled_from(["510", "0510", "00510", "511", "511", "500", "106", "601", "603", "520", "530",
                      "522", "515", "513",
                      "", "5l0", " 510", "510 ", "+510", "-510", "5 10", '"510"',
                      "\u0665\u0661\u0660"]),
@@ -51,7 +53,8 @@ external_ids = st.one_of(
     st.sampled_from([OWN, f'"{OWN}"', f'"{OWN[:6]}""{OWN[6:]}"', *OTHERS]),
     st.text(max_size=20),
 )
-extra_fields = st.lists(st.one_of(st.text(max_size=10), st.sampled_from(['"', '""', ",", "\\"])),
+extra_fields = st.lists(st.one_of(st.text(max_size=10),
+                                  st.sampled_from(['"', '""', ",", "\\", "boom"])),
                         max_size=3)
 lines = st.one_of(
     st.just(f"510,{OWN}"),  # often enough to reach the restart / resume / ack paths
@@ -84,7 +87,8 @@ def asks_own_restart(payload: bytes) -> bool:
                for fields in smartrest.parse(payload))
 
 
-REFUSED_FRAGMENTS = set(OPERATION_FRAGMENTS.values())
+SUPPORTED = "c8y_Command"
+REFUSED_FRAGMENTS = set(OPERATION_FRAGMENTS.values()) - {SUPPORTED}
 
 
 def allowed_line(line: str) -> bool:
@@ -92,7 +96,7 @@ def allowed_line(line: str) -> bool:
     if len(fields) != 1 or len(fields[0]) < 2:
         return False
     template, fragment = fields[0][:2]
-    return ((template in {"501", "502", "503"} and fragment == "c8y_Restart")
+    return ((template in {"501", "502", "503"} and fragment in ("c8y_Restart", SUPPORTED))
             or (template in {"501", "502"} and fragment in REFUSED_FRAGMENTS))
 
 
@@ -118,11 +122,19 @@ class Device:
     def __init__(self, directory: str):
         self.buffer = open_buffer(StorageConfig(path=directory), "pv-roof")
         self.published: list[str] = []
+        self.runs = self.acked_501s = 0  # actions run; acknowledged 501,c8y_Command
         self.new_process()
 
     def new_process(self) -> None:
-        self.operations = Operations(OWN, self.buffer)
+        self.operations = Operations(OWN, self.buffer, actions={SUPPORTED: self.command})
         self.pending: list[tuple[str, object]] = []  # (line, ack callback) not yet run
+
+    def command(self, text: str) -> tuple[bool, str]:
+        self.runs += 1
+        assert self.runs <= self.acked_501s, "an action ran before its 501 was acknowledged"
+        if text == "boom":
+            raise RuntimeError("the action's own bug")
+        return True, f"ran {text}"
 
     def publish(self, line: str, on_ack) -> None:
         assert isinstance(line, str) and allowed_line(line), line
@@ -138,7 +150,9 @@ class Device:
 
     def ack(self, how_many: int) -> None:
         for _ in range(min(how_many, len(self.pending))):
-            _line, callback = self.pending.pop(0)
+            line, callback = self.pending.pop(0)
+            if line == f"501,{SUPPORTED}":
+                self.acked_501s += 1
             callback()
 
     def close(self) -> None:
@@ -176,11 +190,12 @@ def test_operations_never_raise_and_only_own_510_restarts(script):
                 else:  # the child exits (restart, crash): unacknowledged callbacks are lost
                     device.new_process()
                     device.operations.resume(device.publish)
-                for fragment in REFUSED_FRAGMENTS:
+                for fragment in REFUSED_FRAGMENTS | {SUPPORTED}:
                     assert device.count("501", fragment) <= delivered.get(fragment, 0), \
                         fragment
             event(f"501 published {min(restarts, 2)}x")
             event(f"refused {min(sum(delivered.values()), 3)}x")
+            event(f"actions run {min(device.runs, 2)}x")
             while True:  # every acknowledgement comes (and a requested restart): all ends
                 while device.pending:
                     device.ack(len(device.pending))
@@ -188,9 +203,10 @@ def test_operations_never_raise_and_only_own_510_restarts(script):
                     break
                 device.new_process()
                 device.operations.resume(device.publish)
-            assert device.buffer.get_meta(UNSUPPORTED_KEY) is None
-            for fragment in REFUSED_FRAGMENTS:
-                assert device.count("502", fragment) >= device.count("501", fragment)
+            assert device.buffer.get_meta(OWED_KEY) is None
+            for fragment in REFUSED_FRAGMENTS | {SUPPORTED}:
+                assert device.count("502", fragment) + device.count("503", fragment) >= \
+                    device.count("501", fragment)
         finally:
             device.close()
 
@@ -233,7 +249,7 @@ def test_unsupported_operations_are_answered_one_at_a_time_in_order():
                 "501,c8y_Firmware", "502,c8y_Firmware,c8y_Firmware is not supported by c8ysim",
                 "501,c8y_LogfileRequest",
                 "502,c8y_LogfileRequest,c8y_LogfileRequest is not supported by c8ysim"]
-            assert device.buffer.get_meta(UNSUPPORTED_KEY) is None
+            assert device.buffer.get_meta(OWED_KEY) is None
             assert device.operations.refused_unsupported == 3
             assert device.operations.ignored_lines == 0
         finally:
@@ -251,7 +267,7 @@ def test_an_answer_cut_short_is_finished_with_502_and_the_rest_left_to_the_500()
             assert device.published[1:] == [
                 "502,c8y_LogfileRequest,c8y_LogfileRequest is not supported by c8ysim"]
             device.ack(1)
-            assert device.pending == [] and device.buffer.get_meta(UNSUPPORTED_KEY) is None
+            assert device.pending == [] and device.buffer.get_meta(OWED_KEY) is None
             # 515 got nothing yet: it is still PENDING, and the 500 delivers it again
             device.operations.handle(f"515,{OWN}".encode(), device.publish)
             device.ack(2)

@@ -76,8 +76,13 @@ def render(view: dict) -> str:
     head = (f"c8ysim {agent.get('version', '?')}  pid {agent.get('pid', '?')}  up "
             f"{sv.fmt_age(agent.get('uptime_s'))}  uplink {agent.get('uplink', '?')}  "
             f"config {agent.get('config', '?')}")
-    rows = [_row(d) for d in view.get("devices", [])]
-    return (head + "\n\n" + table(rows, COLUMNS) +
+    devices = view.get("devices", [])
+    rows = [_row(d) for d in devices]
+    notes = [f"{d.get('name')}: {what} {text}" for d in devices
+             for what, text in (("faults:", sv.fmt_faults(d)),
+                                ("set from Cumulocity (wins over the YAML file):",
+                                 sv.fmt_overrides(d))) if text]
+    return (head + "\n\n" + table(rows, COLUMNS) + "".join("\n" + n for n in notes) +
             "\n\npower: + drawn from the grid side, - delivered (PV output, grid export)")
 
 

@@ -237,6 +237,10 @@ def _facts(device: dict, now: float) -> str:
              ("rejected by the platform", sv.fmt_count(device.get("rejected"))),
              ("drain rate", sv.fmt_value(device.get("drain_rate"), "lines/s")),
              ("last ack", sv.fmt_since(device.get("last_ack"), now))]
+    if (faults := sv.fmt_faults(device, now)) is not None:
+        facts.insert(0, ("faults", faults))
+    if (overrides := sv.fmt_overrides(device)) is not None:
+        facts.append(("set from Cumulocity", overrides))
     if device.get("last_error"):
         facts.append(("last error", str(device["last_error"])))
     if device.get("last_exit"):

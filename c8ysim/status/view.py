@@ -175,6 +175,8 @@ def health(device: dict) -> tuple[str, str]:
         return "ok", "online"
     if connection == "not_configured":
         return "warn", "offline: no uplink configured"
+    if connection == "comms_loss":
+        return "warn", "offline: simulated comms_loss"
     return "warn", f"offline ({connection})" if connection else "offline"
 
 
@@ -267,3 +269,26 @@ def fmt_clock(epoch: float, now: float | None = None) -> str:
     local, today = time.localtime(epoch), time.localtime(time.time() if now is None else now)
     return time.strftime("%H:%M:%S" if local[:3] == today[:3] else "%Y-%m-%d %H:%M:%S", local)
 
+
+
+def fmt_faults(device: dict, now: float | None = None) -> str | None:
+    """The device's active faults and forced weather, each with its end; None if none."""
+    items = []
+    for item in device.get("faults") or ():
+        if not (isinstance(item, list) and len(item) == 3):
+            continue
+        name, where, end = item
+        whose = f" ({where})" if where and where != device.get("name") else ""
+        ends = _number(end)
+        until = f" until {fmt_clock(ends, now)}" if ends is not None else ""
+        items.append(f"{'weather ' if not where else ''}{name}{whose}{until}")
+    return ", ".join(items) or None
+
+
+def fmt_overrides(device: dict) -> str | None:
+    """The settings set from Cumulocity (they win over the YAML file's); None if none."""
+    overrides = device.get("overrides")
+    if not isinstance(overrides, dict) or not overrides:
+        return None
+    return ", ".join(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value}"
+                     for key, value in overrides.items())
