@@ -247,7 +247,11 @@ def _backfill_into(buffer, cfg, device, since: str, span_s: float, now: float,
               f"{cfg.storage.max_records}, so the oldest would be dropped; choose a shorter "
               "--since or raise storage.max_records", file=sys.stderr)
         return exits.USAGE
-    history = backfill.readings(cfg.site, device.name, now - span_s, now, device.interval_s,
+    from c8ysim.live import LiveFiles
+
+    # the site as it was: the YAML's daily scenarios and the faults started from Cumulocity
+    site = LiveFiles(cfg.storage.path).read().site(cfg.site)
+    history = backfill.readings(site, device.name, now - span_s, now, device.interval_s,
                                 load_model_state(buffer))
     lines = backfill.store(buffer, history, now)
     dropped = buffer.stats(time.time()).dropped - before.dropped
