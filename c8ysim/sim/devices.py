@@ -1,4 +1,4 @@
-"""Device models: turn a site snapshot into one device's Reading, state and alarms.
+"""Device models: turn what a device sees at t (`Household.view`) into its Reading, state and alarms.
 
 Owns the Cumulocity view of each device (fragments, series, units, rounding; Reading.type is
 the kind's `c8y_type` in `c8ysim.kinds`, which also names these classes) and the `Model`
@@ -48,7 +48,7 @@ from c8ysim.sim import Alarm, DeviceSpec, Event, Reading, Series
 from c8ysim.sim.alarms import (CLIPPING_ALARM, DEFROST_EVENT, MAJOR, VOLTAGE_ALARM, WARNING,
                               read_active, transition)
 from c8ysim.sim.energy import advance, integrate_kwh, read_registers
-from c8ysim.sim.household import Household, Snapshot
+from c8ysim.sim.household import Household, View
 from c8ysim.sim.phases import exact_parts, meter_flows
 from c8ysim.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V, NOMINAL_V, outside_band
 
@@ -126,7 +126,7 @@ class DeviceModel:
     def initial_state(self) -> dict:
         return {"registers": dict.fromkeys(self.REGISTERS, 0.0), "alarms": []}
 
-    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
+    def flows_w(self, view: View) -> tuple[float, ...]:
         """The power flows (W, >= 0) the registers integrate, in REGISTERS order."""
         raise NotImplementedError
 
@@ -135,23 +135,19 @@ class DeviceModel:
         raise NotImplementedError
 
     def step(self, state: dict, t: float, dt: float) -> tuple[dict, Reading]:
-        snap = self.household.snapshot(t)
-        increments = integrate_kwh(self.flows_at, t, dt, self.flows_w(snap))
+        view = self.household.view(self.spec.name, t)
+        increments = integrate_kwh(self.flows_at, t, dt, self.flows_w(view))
         registers = advance(read_registers(state, self.REGISTERS), increments)
-        before, extra = read_active(state), self.extra_state(snap, state)
-        active, raised, cleared = transition(before, self.alarm_conditions(snap, before, extra))
+        before, extra = read_active(state), self.extra_state(view, state)
+        active, raised, cleared = transition(before, self.alarm_conditions(view, before, extra))
         new_state = {"registers": registers, "alarms": active, **extra}
-        reading = Reading(t, self.reading_type, tuple(self.series(snap, registers)),
-                          raised, cleared, self.events(snap, state))
+        reading = Reading(t, self.reading_type, tuple(self.series(view, registers)),
+                          raised, cleared, self.events(view, state))
         return new_state, reading
 
-    def volts(self, snap: Snapshot) -> tuple[float, ...]:
-        """The voltages this device reports: its phase's, or all three."""
-        return tuple(snap.phase_voltage_v[n] for n in self.placement.phases)
-
-    def electrical(self, snap: Snapshot, watts: float) -> list[Series]:
+    def electrical(self, view: View, watts: float) -> list[Series]:
         """Voltage and current of a device drawing or delivering `watts` evenly on its phases."""
-        volts = self.volts(snap)
+        volts = view.volts
         share = watts / len(volts)
         return electrical_series(volts, [current_a(share, v, self.power_factor) for v in volts])
 
@@ -166,47 +162,47 @@ class DeviceModel:
         return [power_series(SINGLE_PHASE, name, watts),
                 energy_series(SINGLE_PHASE, register, registers[register])]
 
-    def extra_state(self, snap: Snapshot, state: dict) -> dict:
+    def extra_state(self, view: View, state: dict) -> dict:
         """Device-specific keys of the next state."""
         return {}
 
-    def alarm_conditions(self, snap: Snapshot, before: set[str], extra: dict) -> dict[str, Alarm | None]:
-        return {VOLTAGE_ALARM: voltage_alarm(self.volts(snap))}
+    def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
+        return {VOLTAGE_ALARM: voltage_alarm(view.volts)}
 
-    def events(self, snap: Snapshot, state: dict) -> tuple[Event, ...]:
+    def events(self, view: View, state: dict) -> tuple[Event, ...]:
         return ()
 
-    def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
+    def series(self, view: View, registers: dict[str, float]) -> list[Series]:
         raise NotImplementedError
 
 
 class PvModel(DeviceModel):
-    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
-        return (0.0, snap.pv[self.spec.name].ac_w)
+    def flows_w(self, view: View) -> tuple[float, ...]:
+        return (0.0, view.pv.ac_w)
 
     def flows_at(self, t: float) -> tuple[float, ...]:
         return (0.0, self.household.pv_output(self.spec.name, t).ac_w)
 
-    def extra_state(self, snap: Snapshot, state: dict) -> dict:
+    def extra_state(self, view: View, state: dict) -> dict:
         """{"clipped_at": the last t the inverter clipped, or None}."""
-        if snap.pv[self.spec.name].clipped:
-            return {"clipped_at": snap.t}
+        if view.pv.clipped:
+            return {"clipped_at": view.t}
         last = state.get("clipped_at") if isinstance(state, dict) else None
         is_time = isinstance(last, (int, float)) and not isinstance(last, bool) and math.isfinite(last)
         return {"clipped_at": float(last) if is_time else None}
 
-    def alarm_conditions(self, snap: Snapshot, before: set[str], extra: dict) -> dict[str, Alarm | None]:
+    def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
         rating, last = self.household.pv[self.spec.name].inverter_w, extra["clipped_at"]
-        recent = last is not None and abs(snap.t - last) < CLIPPING_CLEAR_AFTER_S
-        clipping = last == snap.t or (CLIPPING_ALARM in before and recent)
+        recent = last is not None and abs(view.t - last) < CLIPPING_CLEAR_AFTER_S
+        clipping = last == view.t or (CLIPPING_ALARM in before and recent)
         text = f"Inverter clipping at {rating / 1000:.1f} kW"
         alarm = Alarm(CLIPPING_ALARM, WARNING, text) if clipping else None
-        return {**super().alarm_conditions(snap, before, extra), CLIPPING_ALARM: alarm}
+        return {**super().alarm_conditions(view, before, extra), CLIPPING_ALARM: alarm}
 
-    def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
-        pv = snap.pv[self.spec.name]
+    def series(self, view: View, registers: dict[str, float]) -> list[Series]:
+        pv = view.pv
         return [*self.energy("P-", pv.ac_w, registers),
-                *self.electrical(snap, pv.ac_w),
+                *self.electrical(view, pv.ac_w),
                 Series(TEMPERATURE, "T", round(pv.cell_temp_c, 1), "C"),
                 Series(IRRADIANCE, "planeOfArray", round(pv.poa_w_m2, 0) + 0.0, "W/m2")]
 
@@ -217,29 +213,29 @@ class HeatPumpModel(DeviceModel):
     def initial_state(self) -> dict:
         return {**super().initial_state(), "defrost": False}
 
-    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
-        hp = snap.heatpumps[self.spec.name]
+    def flows_w(self, view: View) -> tuple[float, ...]:
+        hp = view.heatpump
         return (hp.power_w, 0.0, hp.heat_w)
 
     def flows_at(self, t: float) -> tuple[float, ...]:
         hp = self.household.heatpump_output(self.spec.name, t)
         return (hp.power_w, 0.0, hp.heat_w)
 
-    def extra_state(self, snap: Snapshot, state: dict) -> dict:
-        return {"defrost": snap.heatpumps[self.spec.name].defrost}
+    def extra_state(self, view: View, state: dict) -> dict:
+        return {"defrost": view.heatpump.defrost}
 
-    def events(self, snap: Snapshot, state: dict) -> tuple[Event, ...]:
+    def events(self, view: View, state: dict) -> tuple[Event, ...]:
         was = isinstance(state, dict) and state.get("defrost") is True
-        if not snap.heatpumps[self.spec.name].defrost or was:
+        if not view.heatpump.defrost or was:
             return ()
-        return (Event(DEFROST_EVENT, f"Defrost started at {snap.weather.temp_c:.1f} C outdoor temperature"),)
+        return (Event(DEFROST_EVENT, f"Defrost started at {view.weather.temp_c:.1f} C outdoor temperature"),)
 
-    def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
-        hp = snap.heatpumps[self.spec.name]
+    def series(self, view: View, registers: dict[str, float]) -> list[Series]:
+        hp = view.heatpump
         cop_now = hp.heat_w / hp.power_w if hp.power_w > 0.0 else 0.0
         return [*self.energy("P+", hp.power_w, registers),
-                *self.electrical(snap, hp.power_w),
-                Series(HP_TEMPERATURES, "outdoor", round(snap.weather.temp_c, 1), "C"),
+                *self.electrical(view, hp.power_w),
+                Series(HP_TEMPERATURES, "outdoor", round(view.weather.temp_c, 1), "C"),
                 Series(HP_TEMPERATURES, "flow", round(hp.flow_temp_c, 1), "C"),
                 Series(HP_TEMPERATURES, "return", round(hp.return_temp_c, 1), "C"),
                 power_series(THERMAL_POWER, "heat", hp.heat_w),
@@ -248,15 +244,15 @@ class HeatPumpModel(DeviceModel):
 
 
 class GridMeterModel(DeviceModel):
-    def flows_w(self, snap: Snapshot) -> tuple[float, ...]:
-        return meter_flows(snap.grid_phase_w)
+    def flows_w(self, view: View) -> tuple[float, ...]:
+        return meter_flows(view.grid_phase_w)
 
     def flows_at(self, t: float) -> tuple[float, ...]:
         return meter_flows(self.household.grid_phases_w(t))
 
-    def series(self, snap: Snapshot, registers: dict[str, float]) -> list[Series]:
-        phases = snap.grid_phase_w
-        volts = snap.phase_voltage_v
+    def series(self, view: View, registers: dict[str, float]) -> list[Series]:
+        phases = view.grid_phase_w
+        volts = view.volts
         amps = [current_a(w, v, self.power_factor) for w, v in zip(phases, volts)]
         return [*phase_power_series(THREE_PHASE, "P+", [max(w, 0.0) for w in phases]),
                 *phase_power_series(THREE_PHASE, "P-", [max(-w, 0.0) for w in phases]),

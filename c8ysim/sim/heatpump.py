@@ -136,6 +136,7 @@ class HeatPump:
         self._k_defrost, self._k_standby = key("defrost"), key("standby")
         self._cycle_phase_s = CYCLE_SLOT_S * uniform(key("cycle-phase"), 0)
         self._slot_memo: tuple[int | None, float] = (None, 0.0)
+        self._dhw_memo: tuple[int | None, tuple[tuple[float, float], ...]] = (None, ())
 
     def heating_need_w(self, temp_out_c: float, daily_mean_c: float) -> float:
         """Electrical power the space-heating demand asks for, before modulation limits."""
@@ -157,6 +158,18 @@ class HeatPump:
             return HpOutput(running * DEFROST_POWER_FRACTION, 0.0, the_cop,
                             flow - DEFROST_FLOW_DROP_K, mode, True, back)
         return HpOutput(running, heat, the_cop, flow, mode, False, back)
+
+    def power_w(self, t: float, weather: Weather, local: LocalTime) -> float:
+        """`output(...).power_w` alone (what another device's phase balance needs)."""
+        if self.rated_w > 0.0 and self._hot_water(t, local):
+            running = self.rated_w * DHW_POWER_FRACTION
+        else:
+            running = self._heating_w(t, weather)
+        if running <= 0.0:
+            return self._standby_w(t)
+        if self._defrosting(t, weather.temp_c):
+            return running * DEFROST_POWER_FRACTION
+        return running
 
     def _spread_k(self, heat_w: float) -> float:
         """Flow minus return (K) while delivering `heat_w`; 0 without a circulation flow."""
@@ -191,14 +204,25 @@ class HeatPump:
     def _hot_water(self, t: float, local: LocalTime) -> bool:
         day = math.floor((t + local.utc_offset_s) / 86400.0)
         second_of_day = local.hour * 3600.0
+        for start, duration in self._hot_water_cycles(day):
+            if start <= second_of_day < start + duration:
+                return True
+        return False
+
+    def _hot_water_cycles(self, day: int) -> tuple[tuple[float, float], ...]:
+        """(start, duration) of the day's hot-water cycles (seconds after local midnight),
+        remembered for the day at hand."""
+        if self._dhw_memo[0] == day:
+            return self._dhw_memo[1]
+        cycles = []
         for slot, (earliest_h, spread_h, probability) in enumerate(DHW_SLOTS_H):
             if uniform(self._k_dhw, day, 3 * slot + 1) >= probability:
                 continue
             start = (earliest_h + spread_h * uniform(self._k_dhw, day, 3 * slot + 2)) * 3600.0
             duration = DHW_MIN_S + (DHW_MAX_S - DHW_MIN_S) * uniform(self._k_dhw, day, 3 * slot + 3)
-            if start <= second_of_day < start + duration:
-                return True
-        return False
+            cycles.append((start, duration))
+        self._dhw_memo = (day, tuple(cycles))
+        return self._dhw_memo[1]
 
     def _defrosting(self, t: float, temp_out_c: float) -> bool:
         if not DEFROST_MIN_TEMP_C <= temp_out_c <= DEFROST_MAX_TEMP_C:

@@ -8,6 +8,14 @@ each phase (which falls with the phase's import and rises while it exports). Eac
 process builds its own Household and gets bit-identical numbers, so the grid meter needs
 no IPC.
 
+A device model reads `view(name, t)`, which computes only what that device's readings
+depend on (`scope`): its own output, and for the voltage of its phases the house load and
+the power (power alone, not the full output) of every device on those phases. The grid
+meter reports all three phases, so it depends on the whole site; a single-phase inverter
+on L1 does not depend on a single-phase heat pump on L2 (the voltages and each phase's
+balance are per phase, so the view's figures are the snapshot's bit for bit). The site's
+sky (GHI split into beam and diffuse) is computed once per instant for all its arrays.
+
 For the cheap sub-stepped integration of a device's energy registers, `pv_output`,
 `heatpump_output` and `grid_phases_w` compute only what that one device needs.
 """
@@ -15,14 +23,14 @@ For the cheap sub-stepped integration of a device's energy registers, `pv_output
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple, Sequence
 
 from c8ysim.sim import Site
 from c8ysim.sim.clock import LocalTime, local_time, zone
 from c8ysim.sim.heatpump import HeatPump, HpOutput
 from c8ysim.sim.load import APPLIANCES, HouseholdLoad
 from c8ysim.sim.phases import LoadSplit, Placement, Triple, placement
-from c8ysim.sim.pv import PvArray, PvOutput
+from c8ysim.sim.pv import PvArray, PvOutput, haurwitz_ghi, sky
 from c8ysim.sim.sun import SunPosition, sun_position
 from c8ysim.sim.voltage import GridVoltage
 from c8ysim.sim.weather import Weather, WeatherModel
@@ -57,6 +65,31 @@ def grid_balance_w(load_w: float, heatpump_w: list[float], pv_w: list[float]) ->
     return load_w + sum(heatpump_w) - sum(pv_w)
 
 
+class View(NamedTuple):
+    """What one device reports at t: its own output, the voltages of its phases (in its
+    placement's order) and, for the grid meter, the grid power of each phase."""
+
+    t: float
+    weather: Weather
+    pv: PvOutput | None  # a PV inverter's own output
+    heatpump: HpOutput | None  # a heat pump's own output
+    volts: tuple[float, ...]
+    grid_phase_w: Triple | None  # the grid meter's three phases (+ import)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a device's readings depend on: the phases it reports (its own, or all three for
+    the grid meter) and the devices whose power flows on any of them, in site order."""
+
+    name: str
+    phases: tuple[int, ...]
+    arrays: tuple[tuple[str, PvArray], ...]
+    pumps: tuple[tuple[str, HeatPump], ...]
+    pv_places: tuple[Placement, ...]
+    hp_places: tuple[Placement, ...]
+
+
 class Household:
     def __init__(self, site: Site):
         self.site = site
@@ -71,13 +104,17 @@ class Household:
         self.placement: dict[str, Placement] = {s.name: placement(s) for s in site.devices}
         self._hp_places = [self.placement[name] for name in self.heatpumps]
         self._pv_places = [self.placement[name] for name in self.pv]
+        self._scopes: dict[str, Scope] = {}
         self._last: Snapshot | None = None
 
     def snapshot(self, t: float) -> Snapshot:
+        """The whole site at t, every device's full output (tools, tests; the device models
+        use `view`)."""
         if self._last is not None and self._last.t == t:
             return self._last
         weather, sun, local = self._inputs(t)
-        pv = {name: array.output(sun, weather) for name, array in self.pv.items()}
+        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+        pv = {name: array.output_in(light, weather) for name, array in self.pv.items()}
         hps = {name: hp.output(t, weather, local) for name, hp in self.heatpumps.items()}
         base, appliances = self.load.components_w(t, local)
         load = base + sum(appliances)
@@ -91,6 +128,53 @@ class Household:
                               volts, excursion)
         return self._last
 
+    def scope(self, name: str) -> Scope:
+        """What device `name` depends on (KeyError: no such device)."""
+        found = self._scopes.get(name)
+        if found is None:
+            phases = self.placement[name].phases
+            touches = lambda other: any(n in phases for n in self.placement[other].phases)  # noqa: E731
+            arrays = tuple((n, a) for n, a in self.pv.items() if touches(n))
+            pumps = tuple((n, h) for n, h in self.heatpumps.items() if touches(n))
+            found = self._scopes[name] = Scope(
+                name, phases, arrays, pumps, tuple(self.placement[n] for n, _ in arrays),
+                tuple(self.placement[n] for n, _ in pumps))
+        return found
+
+    def view(self, name: str, t: float) -> View:
+        """What device `name` reports at t, computing only what it depends on (`scope`): the
+        weather, its own output and, for the voltages of its phases, the house load and the
+        power of every device on those phases. A voltage is the same bit for bit as the
+        snapshot's: a phase's sum only ever adds the devices on that phase, in site order."""
+        scope = self.scope(name)
+        weather, local = self.weather.at(t), local_time(t, self.tz)
+        own_pv = own_hp = None
+        hp_w = []
+        for other, pump in scope.pumps:
+            if other == name:
+                own_hp = pump.output(t, weather, local)
+                hp_w.append(own_hp.power_w)
+            else:
+                hp_w.append(pump.power_w(t, weather, local))
+        pv_w = []
+        if scope.arrays:
+            sun = sun_position(t, self.site.latitude, self.site.longitude)
+            light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+            for other, array in scope.arrays:
+                if other == name:
+                    own_pv = array.output_in(light, weather)
+                    pv_w.append(own_pv.ac_w)
+                else:
+                    pv_w.append(array.ac_w_in(light, weather))
+        base, appliances = self.load.components_w(t, local)
+        phase_grid = self._phase_balance(self.load_split.split(t, base, appliances), hp_w, pv_w,
+                                         scope.hp_places, scope.pv_places)
+        phases = scope.phases
+        if len(phases) == 3:
+            return View(t, weather, own_pv, own_hp, self.voltage.phases_v(t, phase_grid), phase_grid)
+        watts = tuple(phase_grid[n] for n in phases)
+        return View(t, weather, own_pv, own_hp, self.voltage.some_phases_v(t, phases, watts), None)
+
     def pv_output(self, name: str, t: float) -> PvOutput:
         site = self.site
         return self.pv[name].output(sun_position(t, site.latitude, site.longitude), self.weather.at(t))
@@ -100,22 +184,28 @@ class Household:
 
     def grid_w(self, t: float) -> float:
         weather, sun, local = self._inputs(t)
-        pv = [array.output(sun, weather).ac_w for array in self.pv.values()]
-        hps = [hp.output(t, weather, local).power_w for hp in self.heatpumps.values()]
+        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+        pv = [array.ac_w_in(light, weather) for array in self.pv.values()]
+        hps = [hp.power_w(t, weather, local) for hp in self.heatpumps.values()]
         return grid_balance_w(self.load.power_w(t, local), hps, pv)
 
     def grid_phases_w(self, t: float) -> Triple:
         """The grid power on L1, L2, L3 at t (+ import), as the snapshot has it."""
         weather, sun, local = self._inputs(t)
-        pv = [array.output(sun, weather).ac_w for array in self.pv.values()]
-        hps = [hp.output(t, weather, local).power_w for hp in self.heatpumps.values()]
+        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+        pv = [array.ac_w_in(light, weather) for array in self.pv.values()]
+        hps = [hp.power_w(t, weather, local) for hp in self.heatpumps.values()]
         base, appliances = self.load.components_w(t, local)
         return self._phase_balance(self.load_split.split(t, base, appliances), hps, pv)
 
-    def _phase_balance(self, phase_load: Triple, hp_w: list[float], pv_w: list[float]) -> Triple:
-        """load + heat pumps - PV on each phase; `hp_w`, `pv_w` in self.heatpumps/self.pv order."""
+    def _phase_balance(self, phase_load: Triple, hp_w: Sequence[float], pv_w: Sequence[float],
+                       hp_places: Sequence[Placement] | None = None,
+                       pv_places: Sequence[Placement] | None = None) -> Triple:
+        """load + heat pumps - PV on each phase; `hp_w`, `pv_w` in self.heatpumps/self.pv order
+        (or in the order of `hp_places`, `pv_places`)."""
         l1, l2, l3 = phase_load
-        for sign, powers, places in ((1.0, hp_w, self._hp_places), (-1.0, pv_w, self._pv_places)):
+        for sign, powers, places in ((1.0, hp_w, self._hp_places if hp_places is None else hp_places),
+                                     (-1.0, pv_w, self._pv_places if pv_places is None else pv_places)):
             for watts, place in zip(powers, places):
                 if place.three_phase:
                     third = sign * watts / 3.0

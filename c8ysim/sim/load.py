@@ -99,6 +99,8 @@ class HouseholdLoad:
         self._keys = tuple(stream_key(site.seed, f"load/{a.name}") for a in APPLIANCES)
         self._k_slow = stream_key(site.seed, "load/noise-slow")
         self._k_fast = stream_key(site.seed, "load/noise-fast")
+        self._profile_memo: tuple[tuple | None, tuple[float, float, float]] = (None, (0.0, 0.0, 0.0))
+        self._events_memo: tuple[tuple | None, tuple] = (None, ())
 
     def power_w(self, t: float, local: LocalTime) -> float:
         return self.base_w(t, local) + sum(self._appliance_w(i, t, local) for i in range(len(APPLIANCES)))
@@ -112,12 +114,20 @@ class HouseholdLoad:
         x = local.hour - 0.5
         hour = math.floor(x)
         f = x - hour
-        left = self._profile_w(local, hour)
-        right = self._profile_w(local, hour + 1)
+        left, right, dynamisation = self._profile_hour(local, hour)
         noise = (1.0 + NOISE_SLOW_SD * value_noise(self._k_slow, t, NOISE_SLOW_PERIOD_S)
                  + NOISE_FAST_SD * value_noise(self._k_fast, t, NOISE_FAST_PERIOD_S))
-        shape = (left * (1.0 - f) + right * f) * h0.dynamisation(local.day_of_year)
+        shape = (left * (1.0 - f) + right * f) * dynamisation
         return shape * self._base_factor * clamp(noise, NOISE_FACTOR_MIN, NOISE_FACTOR_MAX)
+
+    def _profile_hour(self, local: LocalTime, hour: int) -> tuple[float, float, float]:
+        """(profile of `hour`, of the next hour, the day's dynamisation factor), remembered
+        for the hour at hand."""
+        key = (hour, local.weekday, local.day_of_year)
+        if self._profile_memo[0] != key:
+            self._profile_memo = (key, (self._profile_w(local, hour), self._profile_w(local, hour + 1),
+                                        h0.dynamisation(local.day_of_year)))
+        return self._profile_memo[1]
 
     def _profile_w(self, local: LocalTime, hour: int) -> float:
         """Profile value of `hour` (may be -1 or 24: the neighbouring day's hour)."""
@@ -125,14 +135,28 @@ class HouseholdLoad:
         return h0.hourly_w(h0.day_type(weekday), hour % 24, local.day_of_year)
 
     def _appliance_w(self, index: int, t: float, local: LocalTime) -> float:
-        appliance, key, rates = APPLIANCES[index], self._keys[index], self._rates[index]
-        bucket = math.floor(t / 3600.0)
-        for b in range(bucket, bucket - math.ceil(appliance.max_s / 3600.0) - 1, -1):
-            local_hour = math.floor(((b * 3600.0 + local.utc_offset_s) % 86400.0) / 3600.0)
-            if uniform(key, b) >= rates[local_hour]:
-                continue
-            duration = appliance.min_s + (appliance.max_s - appliance.min_s) * uniform(key, b, 1)
-            start = b * 3600.0 + 3600.0 * uniform(key, b, 2)
+        appliance = APPLIANCES[index]
+        for start, duration in self._events(math.floor(t / 3600.0), local.utc_offset_s)[index]:
             if start <= t < start + duration:
                 return appliance.power_w(t - start)
         return 0.0
+
+    def _events(self, bucket: int, utc_offset_s: float) -> tuple[tuple[tuple[float, float], ...], ...]:
+        """Per appliance, (start, duration) of each event that may still run in hour `bucket`,
+        latest first (the hour's event wins over an older one still running); remembered for
+        the hour at hand."""
+        key = (bucket, utc_offset_s)
+        if self._events_memo[0] == key:
+            return self._events_memo[1]
+        events = []
+        for appliance, key_, rates in zip(APPLIANCES, self._keys, self._rates):
+            found = []
+            for b in range(bucket, bucket - math.ceil(appliance.max_s / 3600.0) - 1, -1):
+                local_hour = math.floor(((b * 3600.0 + utc_offset_s) % 86400.0) / 3600.0)
+                if uniform(key_, b) >= rates[local_hour]:
+                    continue
+                duration = appliance.min_s + (appliance.max_s - appliance.min_s) * uniform(key_, b, 1)
+                found.append((b * 3600.0 + 3600.0 * uniform(key_, b, 2), duration))
+            events.append(tuple(found))
+        self._events_memo = (key, tuple(events))
+        return self._events_memo[1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from c8ysim.sim import DeviceSpec
 from c8ysim.sim.noise import bounded_rating
@@ -77,22 +78,46 @@ def erbs_diffuse_fraction(kt: float) -> float:
     return 0.165
 
 
-def plane_of_array(ghi: float, sun: SunPosition, tilt_rad: float, azimuth_deg: float) -> float:
-    """Isotropic transposition of GHI onto a plane; W/m2."""
+class Sky(NamedTuple):
+    """The light of one instant on a horizontal plane, split for transposition: the same for
+    every array of the site, so a site computes it once per instant (`sky`)."""
+
+    ghi: float
+    dhi: float
+    dni: float
+    cos_zenith: float
+    sin_zenith: float
+    azimuth_deg: float  # the sun's, reduced to [0, 360)
+
+
+def sky(ghi: float, sun: SunPosition) -> Sky | None:
+    """GHI split into diffuse (Erbs) and beam; None without light from above the horizon."""
     cz = sun.cos_zenith
     if not (ghi > 0.0 and cz > 0.0):  # no light, or none from above the horizon
-        return 0.0
+        return None
     extraterrestrial_horizontal = sun.extraterrestrial_w_m2 * cz
     kt = min(1.0, ghi / extraterrestrial_horizontal) if extraterrestrial_horizontal > 0.0 else 1.0
     dhi = ghi * erbs_diffuse_fraction(kt) if cz > _COS_MAX_BEAM_ZENITH else ghi
     dni = (ghi - dhi) / cz if cz > _COS_MAX_BEAM_ZENITH else 0.0
     sz = math.sqrt(max(0.0, 1.0 - cz * cz))
+    return Sky(ghi, dhi, dni, cz, sz, sun.azimuth_deg % 360.0)
+
+
+def on_plane(light: Sky | None, cos_tilt: float, sin_tilt: float, azimuth_deg: float) -> float:
+    """Isotropic transposition of `light` onto a plane (`azimuth_deg` in [0, 360)); W/m2."""
+    if light is None:
+        return 0.0
     # Each angle reduced first: the difference of two huge ones would be infinite.
-    relative_deg = sun.azimuth_deg % 360.0 - azimuth_deg % 360.0
-    cos_aoi = (cz * math.cos(tilt_rad)
-               + sz * math.sin(tilt_rad) * math.cos(math.radians(relative_deg)))
-    return (dni * max(0.0, cos_aoi) + dhi * (1.0 + math.cos(tilt_rad)) / 2.0
-            + ghi * GROUND_ALBEDO * (1.0 - math.cos(tilt_rad)) / 2.0)
+    relative_deg = light.azimuth_deg - azimuth_deg
+    cos_aoi = (light.cos_zenith * cos_tilt
+               + light.sin_zenith * sin_tilt * math.cos(math.radians(relative_deg)))
+    return (light.dni * max(0.0, cos_aoi) + light.dhi * (1.0 + cos_tilt) / 2.0
+            + light.ghi * GROUND_ALBEDO * (1.0 - cos_tilt) / 2.0)
+
+
+def plane_of_array(ghi: float, sun: SunPosition, tilt_rad: float, azimuth_deg: float) -> float:
+    """Isotropic transposition of GHI onto a plane; W/m2."""
+    return on_plane(sky(ghi, sun), math.cos(tilt_rad), math.sin(tilt_rad), azimuth_deg % 360.0)
 
 
 def faiman_cell_temp_c(poa: float, temp_air_c: float, wind_m_s: float) -> float:
@@ -135,11 +160,22 @@ class PvArray:
         azimuth = spec.param("azimuth_deg")
         self.azimuth_deg = azimuth if 0.0 <= azimuth < 360.0 else (
             azimuth % 360.0 if math.isfinite(azimuth) else 180.0)
+        self._cos_tilt, self._sin_tilt = math.cos(self.tilt_rad), math.sin(self.tilt_rad)
 
     def output(self, sun: SunPosition, weather: Weather) -> PvOutput:
-        ghi = haurwitz_ghi(sun.cos_zenith) * weather.clear_index
-        poa = plane_of_array(ghi, sun, self.tilt_rad, self.azimuth_deg)
+        return self.output_in(sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun), weather)
+
+    def output_in(self, light: Sky | None, weather: Weather) -> PvOutput:
+        """`output` from the site's `sky` at the instant (computed once for all arrays)."""
+        poa = on_plane(light, self._cos_tilt, self._sin_tilt, self.azimuth_deg)
         cell = faiman_cell_temp_c(poa, weather.temp_c, weather.wind_m_s)
         dc = max(0.0, pvwatts_dc_w(poa, cell, self.pdc0_w)) * (1.0 - DC_LOSS_FRACTION)
         available = pvwatts_ac_w(dc, self.inverter_w)
         return PvOutput(min(available, self.inverter_w), available, dc, poa, cell)
+
+    def ac_w_in(self, light: Sky | None, weather: Weather) -> float:
+        """`output_in(...).ac_w` alone (what another device's phase balance needs)."""
+        poa = on_plane(light, self._cos_tilt, self._sin_tilt, self.azimuth_deg)
+        cell = faiman_cell_temp_c(poa, weather.temp_c, weather.wind_m_s)
+        dc = max(0.0, pvwatts_dc_w(poa, cell, self.pdc0_w)) * (1.0 - DC_LOSS_FRACTION)
+        return min(pvwatts_ac_w(dc, self.inverter_w), self.inverter_w)

@@ -20,6 +20,7 @@ about 2.4 excursions, i.e. roughly 7 minutes outside the band, per month.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from c8ysim.sim import Site
 from c8ysim.sim.noise import clamp, stream_key, uniform, value_noise
@@ -94,14 +95,19 @@ class GridVoltage:
     def phases_v(self, t: float, phase_w: tuple[float, float, float]) -> tuple[float, float, float]:
         """L1, L2, L3 to neutral while each phase draws `phase_w` (W, + import, - export);
         an excursion (a sag or swell of the feeder) holds all three phases at its level."""
+        v1, v2, v3 = self.some_phases_v(t, (0, 1, 2), phase_w)
+        return (v1, v2, v3)
+
+    def some_phases_v(self, t: float, phases: tuple[int, ...], phase_w: Sequence[float]) -> tuple[float, ...]:
+        """`phases_v` of the phases `phases` (indices 0-2) alone, `phase_w[i]` the power of
+        `phases[i]`: each phase's voltage depends on its own power only, bit for bit."""
         level = self.excursion_v(t)
         if level is not None:
-            return (level, level, level)
+            return (level,) * len(phases)
         feeder = self._feeder_v(t) - NOMINAL_V
-        v1, v2, v3 = (NOMINAL_V + soft_limit(
-            feeder + PHASE_SD_V * value_noise(key, t, PHASE_PERIOD_S) - PHASE_V_PER_KW * watts / 1000.0,
-            _NORMAL_LIMIT_V) for key, watts in zip(self._k_phases, phase_w))
-        return (v1, v2, v3)
+        return tuple([NOMINAL_V + soft_limit(
+            feeder + PHASE_SD_V * value_noise(self._k_phases[n], t, PHASE_PERIOD_S) - PHASE_V_PER_KW * watts / 1000.0,
+            _NORMAL_LIMIT_V) for n, watts in zip(phases, phase_w)])
 
     def _feeder_v(self, t: float) -> float:
         return (NOMINAL_V + SLOW_SD_V * value_noise(self._k_slow, t, SLOW_PERIOD_S)
