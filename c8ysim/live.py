@@ -19,6 +19,7 @@ logged once and left out, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -90,8 +91,7 @@ class LiveFiles:
             if data is None:
                 continue
             name = path.name[:-len(SUFFIX)]
-            scenarios += [s for s in (_scenario(item) for item in data.get("scenarios", ()))
-                          if s is not None]
+            scenarios += [s for s in map(_scenario, _list(data.get("scenarios"))) if s]
             own = _params(data.get("params"))
             if own:
                 params[name] = own
@@ -104,8 +104,7 @@ class LiveFiles:
     def own(self) -> dict:
         """This device's file as stored (empty parts if there is none, or it is unreadable)."""
         data = self._load(self._path()) or {}
-        return {"scenarios": [item for item in data.get("scenarios", ())
-                              if _scenario(item) is not None],
+        return {"scenarios": [item for item in _list(data.get("scenarios")) if _scenario(item)],
                 "params": _params(data.get("params")),
                 "interval_s": data.get("interval_s") if _number(data.get("interval_s")) else None}
 
@@ -192,7 +191,12 @@ class LiveFiles:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
         finally:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _number(value) -> bool:
