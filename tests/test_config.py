@@ -372,3 +372,67 @@ def test_a_device_may_have_its_own_place_on_the_map():
                                                  r"between -90 and 90"):
         config.parse("site: {latitude: 52.5, longitude: 13.4}\ndevices:\n"
                      "  - {name: pv, type: pv, latitude: 91}\n")
+
+
+SCENARIOS_OK = """scenarios:
+  - {at: "14:00", for: 30m, device: heatpump, fault: compressor_fault}
+  - {at: 07:30, for: 1h, weather: overcast}
+  - {after: 2m, for: 90s, device: grid-meter, fault: outage}
+  - {after: 10m, for: 5m, device: pv-roof, uplink_outage: true}
+  - {after: 1h, for: 2h, device: pv-roof, fault: comms_loss}
+"""
+
+
+def test_scenarios_are_read_with_their_times(tmp_path):
+    path = tmp_path / "c8ysim.yaml"
+    path.write_text(SAMPLE.read_text() + SCENARIOS_OK)
+    assert check_config(path).returncode == 0
+    found = [(s.what, s.name, s.device, s.duration_s, s.daily_at_s, s.after_s)
+             for s in config.load(str(path)).site.scenarios]
+    assert found == [
+        ("fault", "compressor_fault", "heatpump", 1800.0, 50400.0, None),
+        ("weather", "overcast", "", 3600.0, 27000.0, None),  # 07:30 unquoted: YAML's 450
+        ("fault", "outage", "grid-meter", 90.0, None, 120.0),
+        ("fault", "comms_loss", "pv-roof", 300.0, None, 600.0),
+        ("fault", "comms_loss", "pv-roof", 7200.0, None, 3600.0)]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('{at: "14:00", for: 30m, device: pv-roof, fault: outage}',
+     "scenario.fault: 'outage' is not a fault of pv-roof (type pv): use one of inverter_trip, "
+     "comms_loss"),
+    ('{at: "24:00", for: 30m, weather: clear}', "scenario.at: '24:00' is not a time of day"),
+    ('{at: "14:00", for: 2d, weather: clear}', "scenario.for: a duration must be more than 0 "
+     "and at most 1d"),
+    ('{after: 1m, for: 8d, device: pv-roof, fault: inverter_trip}', "at most 7d"),
+    ('{after: soon, for: 1m, weather: clear}', "scenario.after: 'soon' is not a duration like "
+     "30s, 10m, 2h or 7d"),
+    ('{at: "14:00", for: 1m, device: attic, fault: outage}',
+     "the scenario's device 'attic' is not one of the devices (pv-roof, heatpump, grid-meter)"),
+    ('{at: "14:00", for: 1m, fault: outage}', "a fault scenario needs 'device'"),
+    ('{at: "14:00", after: 1m, for: 1m, weather: clear}', "a scenario needs one of 'at'"),
+    ('{at: "14:00", for: 1m, weather: clear, fault: outage, device: grid-meter}',
+     "a scenario needs one of 'at'"),
+    ('{at: "14:00", for: 1m, weather: sunny}', "scenario.weather: must be one of clear, "
+     "cloudy, overcast"),
+    ('{at: "14:00", for: 1m, device: pv-roof, uplink_outage: false}',
+     "scenario.uplink_outage: must be true"),
+    ('{at: "14:00", for: 1m, weather: clear, when: now}', "unknown key 'when' in a scenario"),
+    ("just words", "a scenario must be a mapping"),
+])
+def test_scenario_mistakes_give_file_line_and_exit_78(tmp_path, entry, message):
+    path = tmp_path / "c8ysim.yaml"
+    path.write_text(SAMPLE.read_text() + "scenarios:\n  - {at: \"01:00\", for: 1m, weather: "
+                    f"clear}}\n  - {entry}\n")
+    result = check_config(path)
+    assert result.returncode == 78, result.stderr
+    expected = f"{path}:{len(path.read_text().splitlines())}: "
+    assert any(line.startswith(expected) and message in line
+               for line in result.stderr.splitlines()), result.stderr
+
+
+def test_scenarios_must_be_a_list(tmp_path):
+    path = tmp_path / "c8ysim.yaml"
+    path.write_text(SAMPLE.read_text() + "scenarios: {at: '14:00'}\n")
+    result = check_config(path)
+    assert result.returncode == 78 and "'scenarios' must be a list" in result.stderr
