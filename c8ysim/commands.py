@@ -5,7 +5,8 @@ Never a shell: a handful of words of the simulator's own, one command per operat
     help                                       what this says
     status                                     the device, its settings and active faults
     reading                                    take and send one reading now
-    fault <name> [<duration>]                  break something (until cleared, at most 7d)
+    fault <name> [<duration>]                  break something (until cleared, at most 7d;
+                                               comms_loss needs a duration, at most 1d)
     clear <name>                               end a fault (or `clear weather`)
     weather <clear|cloudy|overcast> [<duration>]   force the site's weather
 
@@ -30,6 +31,7 @@ from c8ysim.live import MAX_DURATION_S, LiveFiles
 from c8ysim.site import COMMS_LOSS, FAULT, WEATHER, WEATHER_KINDS, Scenario
 
 MAX_COMMAND_CHARS = 200
+MAX_COMMS_LOSS_S = 86400.0  # offline on purpose for at most a day
 MAX_RESULT_CHARS = 1000
 HELP = ("commands: help | status | reading | fault <name> [<duration>] | clear <name> | "
         "weather <clear|cloudy|overcast> [<duration>]; durations like 30s, 10m, 2h; "
@@ -86,16 +88,22 @@ class Commands:
         if not args or len(args) > 2 or args[0] not in self.faults:
             return False, (f"usage: fault <name> [<duration>]; the faults of "
                            f"{self.context.device} are {', '.join(self.faults)}")
-        return self._start(FAULT, args[0], self.context.device, args[1:])
+        if args[0] == COMMS_LOSS and len(args) < 2:  # offline, it could not hear a clear
+            return False, (f"comms_loss needs a duration (at most "
+                           f"{durations.describe(MAX_COMMS_LOSS_S)}): the device cannot "
+                           "receive a clear while it is offline")
+        limit = MAX_COMMS_LOSS_S if args[0] == COMMS_LOSS else MAX_DURATION_S
+        return self._start(FAULT, args[0], self.context.device, args[1:], limit)
 
     def _weather(self, args: list[str]) -> tuple[bool, str]:
         if not args or len(args) > 2 or args[0] not in WEATHER_KINDS:
             return False, f"usage: weather <{'|'.join(WEATHER_KINDS)}> [<duration>]"
         return self._start(WEATHER, args[0], "", args[1:])
 
-    def _start(self, what: str, name: str, device: str, args: list[str]) -> tuple[bool, str]:
+    def _start(self, what: str, name: str, device: str, args: list[str],
+               limit: float = MAX_DURATION_S) -> tuple[bool, str]:
         try:
-            duration = durations.parse(args[0], MAX_DURATION_S) if args else MAX_DURATION_S
+            duration = durations.parse(args[0], limit) if args else limit
         except ValueError as exc:
             return False, str(exc)
         now = self.context.clock()

@@ -146,6 +146,9 @@ def test_commands_store_their_scenarios_for_the_household(tmp_path):
     assert commands.run("FAULT inverter_trip 1d")[0]  # the verb is not case-sensitive
     assert not commands.run("fault inverter_trip 8d")[0]  # over the 7-day cap
     assert not commands.run("fault\x00inverter_trip")[0]
+    ok, text = commands.run("fault comms_loss")  # offline, the device could not hear a clear
+    assert not ok and "needs a duration" in text
+    assert not commands.run("fault comms_loss 2d")[0] and commands.run("fault comms_loss 1d")[0]
 
 
 @given(st.text(max_size=300))
