@@ -229,3 +229,25 @@ def test_a_scheduled_outage_comes_on_time_and_goes(tmp_path, tenant, agent_facto
     assert "outage on grid-meter started" in text and "outage on grid-meter ended" in text
     assert agent.stop() == 0
     assert_clean(tenant)
+
+
+def test_a_reload_applies_new_scenarios_and_keeps_the_time_of_unchanged_ones(
+        tmp_path, tenant, agent_factory):
+    agent = start_agent(tmp_path, tenant.port, agent_factory, devices=[("pv-roof", "pv")])
+    wait_until(lambda: all_online(agent), 15, what="online")
+    config = tmp_path / "c8ysim.yaml"
+    config.write_text(config.read_text() + "scenarios:\n"
+                      "  - {after: 1s, for: 1h, weather: overcast}\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: agent.devices()["pv-roof"]["faults"], 15, what="the scenario applied")
+    (name, device, end), = agent.devices()["pv-roof"]["faults"]
+    assert (name, device) == ("overcast", "") and 3590 < end - time.time() <= 3601
+    # an unrelated change and a reload (it restarts the device): the scenario keeps its time
+    pid = agent.devices()["pv-roof"]["pid"]
+    config.write_text(config.read_text() + "log_level: debug\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: agent.devices()["pv-roof"]["pid"] not in (None, pid)
+               and agent.devices()["pv-roof"]["faults"], 15, what="the device back")
+    assert agent.devices()["pv-roof"]["faults"][0][2] == end
+    assert agent.stop() == 0
+    assert_clean(tenant)
