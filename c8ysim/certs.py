@@ -10,12 +10,14 @@ and unchanged in every CPython 3 release; it reads the first certificate in the 
 is exactly the one a client presents first. Using it avoids a dependency (`cryptography`) for
 one field. Should a future Python drop it, `common_name` raises CertificateError saying so
 rather than guessing.
+
+`ssl` is imported in `common_name`, when a certificate is to be read: the config loader
+imports this module in every agent, and importing `ssl` loads OpenSSL (issue 18).
 """
 
 from __future__ import annotations
 
 import os
-import ssl
 
 
 class CertificateError(ValueError):
@@ -34,6 +36,8 @@ def common_name(path: str | os.PathLike) -> str:
     if b"-----BEGIN CERTIFICATE-----" not in head:
         raise CertificateError(f"'{name}' is not a PEM certificate (no '-----BEGIN "
                                "CERTIFICATE-----' line; is it the key or a DER file?)")
+    import ssl
+
     decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
     if decode is None:
         raise CertificateError(f"cannot read '{name}': this Python's ssl module has no "

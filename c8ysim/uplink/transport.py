@@ -5,18 +5,70 @@ callback turns into an event on the caller's queue, and the device's main loop m
 decision. A `Connection` lives for one attempt only: when it ends (refused, failed or lost),
 the session throws it away and later opens a fresh one. That way paho never re-sends old
 messages on its own (the buffer does that) and never reconnects behind our back.
+
+paho imports `ssl` (OpenSSL), `hashlib` (OpenSSL's libcrypto) and `urllib.request` (with
+http.client and the email package) at import time, though it only needs them for TLS,
+websockets and proxies. A device with TLS off needs none of them, and every process of the
+agent would carry them (issue 18: ~4 MB of OpenSSL alone). So paho is imported with
+`_Deferred` stand-ins for those not yet imported: each imports the real module on first
+use. paho reads `ssl.SSLWantReadError` (and ...WriteError) in `except` clauses around every
+socket read and write; as long as no code has imported `ssl` there is no TLS socket that
+could raise them, and the stand-in answers with an exception class nobody raises.
+`tls_context` imports the real `ssl` before the first TLS connection.
 """
 
 from __future__ import annotations
 
+import importlib
 import queue
 import re
 import socket
-import ssl
 import sys
+import types
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as mqtt
+# Standard modules paho imports but uses only for TLS, websockets or proxies.
+DEFERRED_MODULES = ("ssl", "hashlib", "urllib.request")
+
+
+class _NeverRaised(Exception):
+    """Stands for an ssl exception class while no TLS socket can exist."""
+
+
+class _Deferred(types.ModuleType):
+    """A stand-in for a module not imported yet: imports it on the first attribute read."""
+
+    def __getattr__(self, name: str):
+        real = sys.modules.get(self.__name__)
+        if real is None or real is self:
+            if self.__name__ == "ssl" and name in ("SSLWantReadError", "SSLWantWriteError"):
+                return _NeverRaised  # no ssl module, so no TLS socket raised this
+            if real is self:  # read while paho is being imported
+                del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
+def _import_paho():
+    """paho.mqtt.client, imported with stand-ins for the DEFERRED_MODULES not yet loaded."""
+    import urllib
+
+    placed = [name for name in DEFERRED_MODULES if name not in sys.modules]
+    for name in placed:
+        sys.modules[name] = _Deferred(name)
+    if "urllib.request" in placed and not hasattr(urllib, "request"):
+        # paho 2 reads it through the package; importing the real one replaces this
+        urllib.request = sys.modules["urllib.request"]
+    try:
+        import paho.mqtt.client as client
+    finally:
+        for name in placed:
+            if isinstance(sys.modules.get(name), _Deferred):
+                del sys.modules[name]
+    return client
+
+
+mqtt = _import_paho()
 
 PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 SUBACK_FAILURE = 0x80
@@ -219,6 +271,9 @@ def invalid_topic(topic) -> str | None:
 
 def describe_connect_error(exc: BaseException | None) -> str:
     """Why TCP/TLS setup failed, in words that point at the fix."""
+    ssl = sys.modules.get("ssl")  # not imported: no TLS, so no TLS error either
+    if ssl is None or isinstance(ssl, _Deferred):
+        ssl = _NO_SSL
     if isinstance(exc, ssl.SSLCertVerificationError):
         return (f"TLS certificate verification failed: {exc.verify_message or exc.reason} "
                 "(check cumulocity.host and tls.ca_file)")
@@ -238,12 +293,17 @@ def _set_nodelay(sock) -> None:
             pass
 
 
-def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
+_NO_SSL = types.SimpleNamespace(SSLCertVerificationError=_NeverRaised, SSLError=_NeverRaised)
+
+
+def tls_context(endpoint: Endpoint) -> "ssl.SSLContext":  # noqa: F821
     """A verifying TLS context: system store or `ca_file`, optional client certificate.
 
     The files are read again for every connection (so renewed certificates are picked up);
     a file that cannot be used raises TlsSetupError naming it.
     """
+    import ssl  # here, not at the top: a device without TLS never loads OpenSSL
+
     try:
         context = ssl.create_default_context(cafile=endpoint.ca_file)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
