@@ -90,7 +90,7 @@ def _run(args) -> int:
     logs.setup(cfg.log_level, "supervisor")
     # Import the device side here, before any fork: the children share these pages.
     from c8ysim import device, notify, supervisor
-    from c8ysim.status import app as status_app
+    from c8ysim.status.deferred import DeferredApp  # bottle comes with the first request
     from c8ysim.storage import ledger, memory, sqlite, tiered  # noqa: F401 - preloaded likewise
     # Connecting resolves the host name through the idna codec, which imports stringprep's
     # tables: ~0.5 MB of private memory in every child if it is first imported there.
@@ -98,8 +98,11 @@ def _run(args) -> int:
     # The models (sim.build_model imports them lazily): ~1.2 MB of each child's private
     # memory when every child imports them itself.
     from c8ysim.sim import devices as _models  # noqa: F401
+    # A device's first work, once here: what every child would otherwise copy (issue 18).
+    from c8ysim import warmup
+    warmup.warm_up(cfg)
     try:
-        agent = supervisor.Supervisor(cfg, device.run_child, status_app.build_app, config.load,
+        agent = supervisor.Supervisor(cfg, device.run_child, DeferredApp, config.load,
                                       notify.Notifier())
         return agent.run()
     except OSError as exc:  # e.g. the status port is taken
