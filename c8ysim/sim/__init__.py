@@ -12,11 +12,13 @@ imports from the rest of the agent but the two leaf modules of plain data (`c8ys
 (site seed, device, time bucket) so any process can recompute any device at any time.
 
 Modules: noise (counter-based randomness), clock (local and solar time), sun (NOAA),
-weather (temperature, clouds, wind), voltage (the grid voltage of each phase), pv,
-heatpump, h0 + load (household consumption), phases (where each load and device sits on
-the three phases, and the meter's view of them), household (one instant of the whole site
-and the grid balance, in total and per phase), energy (registers), alarms, devices
-(Readings and the Model classes: fragments, series, units).
+scenarios (which fault and forced-weather windows of `Site.scenarios` hold t),
+weather (temperature, clouds, wind; forced weather), voltage (the grid voltage of each
+phase), pv, heatpump (with its faults and the catch-up after them), h0 + load (household
+consumption), phases (where each load and device sits on the three phases, and the meter's
+view of them), household (one instant of the whole site and the grid balance, in total and
+per phase, with the faults; what one device depends on), energy (registers), alarms,
+devices (Readings and the Model classes: fragments, series, units, fault alarms).
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ from c8ysim.sim import Alarm
 
 VOLTAGE_ALARM = "c8ysim_VoltageAlarm"
 CLIPPING_ALARM = "c8ysim_InverterClipping"
+TRIP_ALARM = "c8ysim_InverterTrip"  # a PV inverter's inverter_trip fault
+COMPRESSOR_ALARM = "c8ysim_CompressorFault"  # a heat pump's compressor_fault
+OUTAGE_ALARM = "c8ysim_GridOutage"  # the grid meter's outage
 DEFROST_EVENT = "c8ysim_Defrost"
-MAJOR, WARNING = "MAJOR", "WARNING"
+CRITICAL, MAJOR, WARNING = "CRITICAL", "MAJOR", "WARNING"
 
 
 def read_active(state: Mapping) -> set[str]:

@@ -36,6 +36,15 @@ up exactly (0.1 W units) to the totals. Current = |P| / (V pf), POWER_FACTOR per
   across phases (`phases.meter_flows`).
 Every device raises c8ysim_VoltageAlarm (MAJOR) while a voltage it reports is outside
 230 V +/-10 %.
+
+Faults (`scenarios`): the PV inverter raises c8ysim_InverterTrip (MAJOR) while its
+`inverter_trip` window holds t (its output is 0), the heat pump c8ysim_CompressorFault
+(MAJOR) during its `compressor_fault` (standby, no heat, COP 0), the grid meter
+c8ysim_GridOutage (CRITICAL) during its `outage`; each is raised at the first step in the
+window and cleared at the first step after it (`alarms.transition`). During an outage every
+device reports 0 V and 0 A, and none evaluates its voltage alarm: there is no voltage to be
+out of band, one root cause makes one alarm (the meter's), and a voltage alarm active when
+the grid failed is left as it was, to be evaluated again when the grid is back.
 """
 
 from __future__ import annotations
@@ -45,8 +54,9 @@ from typing import Sequence
 
 from c8ysim.kinds import KINDS
 from c8ysim.sim import Alarm, DeviceSpec, Event, Reading, Series
-from c8ysim.sim.alarms import (CLIPPING_ALARM, DEFROST_EVENT, MAJOR, VOLTAGE_ALARM, WARNING,
-                              read_active, transition)
+from c8ysim.sim.alarms import (CLIPPING_ALARM, COMPRESSOR_ALARM, CRITICAL, DEFROST_EVENT, MAJOR,
+                              OUTAGE_ALARM, TRIP_ALARM, VOLTAGE_ALARM, WARNING, read_active,
+                              transition)
 from c8ysim.sim.energy import advance, integrate_kwh, read_registers
 from c8ysim.sim.household import Household, View
 from c8ysim.sim.phases import exact_parts, meter_flows
@@ -65,6 +75,9 @@ COP_FRAGMENT = "c8ysim_COP"
 POWER_DIGITS, ENERGY_DIGITS, CURRENT_DIGITS = 1, 4, 3
 PHASE_VOLTAGES = ("voltage:1", "voltage:2", "voltage:3")
 PHASE_CURRENTS = ("current:1", "current:2", "current:3")
+TRIPPED = Alarm(TRIP_ALARM, MAJOR, "Inverter tripped: no AC output")
+COMPRESSOR_FAULT = Alarm(COMPRESSOR_ALARM, MAJOR, "Compressor fault: no heat, standby only")
+GRID_OUTAGE = Alarm(OUTAGE_ALARM, CRITICAL, "Grid outage: no voltage on L1, L2, L3")
 
 
 def _nonneg(value: float, digits: int) -> float:
@@ -167,6 +180,10 @@ class DeviceModel:
         return {}
 
     def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
+        """The voltage alarm, except during a grid outage: then there is no voltage to be out
+        of band (the meter's c8ysim_GridOutage says why), and the alarm is left as it was."""
+        if view.faults.outage:
+            return {}
         return {VOLTAGE_ALARM: voltage_alarm(view.volts)}
 
     def events(self, view: View, state: dict) -> tuple[Event, ...]:
@@ -197,7 +214,8 @@ class PvModel(DeviceModel):
         clipping = last == view.t or (CLIPPING_ALARM in before and recent)
         text = f"Inverter clipping at {rating / 1000:.1f} kW"
         alarm = Alarm(CLIPPING_ALARM, WARNING, text) if clipping else None
-        return {**super().alarm_conditions(view, before, extra), CLIPPING_ALARM: alarm}
+        return {**super().alarm_conditions(view, before, extra), CLIPPING_ALARM: alarm,
+                TRIP_ALARM: TRIPPED if self.spec.name in view.faults.tripped else None}
 
     def series(self, view: View, registers: dict[str, float]) -> list[Series]:
         pv = view.pv
@@ -224,6 +242,11 @@ class HeatPumpModel(DeviceModel):
     def extra_state(self, view: View, state: dict) -> dict:
         return {"defrost": view.heatpump.defrost}
 
+    def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
+        broken = self.spec.name in view.faults.broken
+        return {**super().alarm_conditions(view, before, extra),
+                COMPRESSOR_ALARM: COMPRESSOR_FAULT if broken else None}
+
     def events(self, view: View, state: dict) -> tuple[Event, ...]:
         was = isinstance(state, dict) and state.get("defrost") is True
         if not view.heatpump.defrost or was:
@@ -246,6 +269,10 @@ class HeatPumpModel(DeviceModel):
 class GridMeterModel(DeviceModel):
     def flows_w(self, view: View) -> tuple[float, ...]:
         return meter_flows(view.grid_phase_w)
+
+    def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
+        return {**super().alarm_conditions(view, before, extra),
+                OUTAGE_ALARM: GRID_OUTAGE if view.faults.outage else None}
 
     def flows_at(self, t: float) -> tuple[float, ...]:
         return meter_flows(self.household.grid_phases_w(t))

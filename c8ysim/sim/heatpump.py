@@ -35,6 +35,24 @@ Owns the heat-pump physics. Electrical input is a pure function of (site, spec, 
   in standby (no heat), and warmer than the flow during a defrost (the water heats the coil).
 - Standby (controller, circulation pump) 20-50 W, stepping every 10 minutes.
 
+Faults (`c8ysim.site.Scenario`, read through `scenarios.Windows`), a pure function of t:
+
+- During its own `compressor_fault` the unit draws standby power only, delivers no heat
+  and reports COP 0 (mode "fault"); during a grid `outage` (the grid meter's fault) it has
+  no power at all: 0 W, not even standby (mode "off"). Meanwhile the water in the circuit
+  cools from the flow set point towards the rooms (ROOM_C, time constant
+  WATER_COOLING_S), flow = return; no hot-water cycle, no defrost.
+- Catch-up: the house cooled meanwhile, so after such a window (start, end) the unit does
+  not just resume: from `end` it runs at rated power (mode heating, weather-compensated
+  flow) for `recovery_s(start, end)` = the space heat the building lost during the window,
+  UA * max(0, HEATING_LIMIT_C - T_daily) summed over it (every 10 minutes), divided by the
+  surplus rated power delivers at `end` over the building's demand there
+  (rated * COP - UA * max(0, HEATING_LIMIT_C - T_daily)), at most RECOVERY_MAX_S (4 h;
+  also when rated power does not even cover the demand). No heating demand (summer): no
+  catch-up. Hot water and defrost take their turns as usual. Each window counts on its own
+  (`Scenario.last_end` for a daily one): back-to-back windows each catch up from their own
+  end, and a catch-up overlapped by the next window is not carried over.
+
 Total for any finite input (issue 13, defect 10): the COP is a clamped linear regression
 (no Carnot T_flow / (T_flow - T_air), so near-equal temperatures cannot blow it up), every
 division has a denominator bounded away from 0, and ratings are capped (MAX_RATED_KW,
@@ -50,7 +68,9 @@ from functools import lru_cache
 from c8ysim.sim import DeviceSpec, Site
 from c8ysim.sim.clock import LocalTime
 from c8ysim.sim.noise import bounded_rating, clamp, stream_key, uniform
+from c8ysim.sim.scenarios import COMPRESSOR_FAULT, OUTAGE, Windows, honoured
 from c8ysim.sim.weather import SYNOPTIC_SD_C, Weather, WeatherModel, seasonal_mean_c
+from c8ysim.site import FAULT
 
 HEATING_LIMIT_C = 15.0
 PAUSE_RECOVERY_FACTOR = 1.1  # running demand +10 %: makes up heat missed in hot-water/defrost pauses
@@ -74,7 +94,12 @@ HOURS_PER_YEAR = 8760
 MAX_RATED_KW = 1e6  # 1 GW; see pv.MAX_RATING_KW
 MAX_BUILDING_KWH_PER_YEAR = 1e9  # a city's heat; keeps UA * degrees finite
 
+RECOVERY_MAX_S = 4 * 3600.0  # catch-up after a fault: at most 4 h at rated power
+RECOVERY_SAMPLE_S, RECOVERY_MAX_SAMPLES = 600.0, 144  # the missed heat, summed every 10 min
+ROOM_C, WATER_COOLING_S = 20.0, 45 * 60.0  # the heating water cools towards the rooms
+
 STANDBY, HEATING, HOT_WATER = "standby", "heating", "hot_water"
+FAULT_MODE, OFF = "fault", "off"  # compressor fault (standby), grid outage (no power at all)
 
 
 @dataclass(frozen=True)
@@ -137,6 +162,10 @@ class HeatPump:
         self._cycle_phase_s = CYCLE_SLOT_S * uniform(key("cycle-phase"), 0)
         self._slot_memo: tuple[int | None, float] = (None, 0.0)
         self._dhw_memo: tuple[int | None, tuple[tuple[float, float], ...]] = (None, ())
+        down = [s for s in honoured(site) if s.what == FAULT and (
+            s.name == OUTAGE or (s.name == COMPRESSOR_FAULT and s.device == spec.name))]
+        self._down = Windows(down, RECOVERY_MAX_S, site.timezone) if down else None
+        self._recovery_memo: dict[tuple[float, float], float] = {}
 
     def heating_need_w(self, temp_out_c: float, daily_mean_c: float) -> float:
         """Electrical power the space-heating demand asks for, before modulation limits."""
@@ -145,8 +174,16 @@ class HeatPump:
 
     def output(self, t: float, weather: Weather, local: LocalTime) -> HpOutput:
         temp = weather.temp_c
+        catching_up = False
+        if self._down is not None:
+            down = self._down_output(t, temp)
+            if down is not None:
+                return down
+            catching_up = self.catching_up(t)
         if self.rated_w > 0.0 and self._hot_water(t, local):
             flow, running, mode = DHW_FLOW_TEMP_C, self.rated_w * DHW_POWER_FRACTION, HOT_WATER
+        elif catching_up:
+            flow, running, mode = flow_temperature_c(temp), self.rated_w, HEATING
         else:
             flow, running, mode = flow_temperature_c(temp), self._heating_w(t, weather), HEATING
         the_cop = cop(temp, flow)
@@ -161,6 +198,8 @@ class HeatPump:
 
     def power_w(self, t: float, weather: Weather, local: LocalTime) -> float:
         """`output(...).power_w` alone (what another device's phase balance needs)."""
+        if self._down is not None:
+            return self.output(t, weather, local).power_w
         if self.rated_w > 0.0 and self._hot_water(t, local):
             running = self.rated_w * DHW_POWER_FRACTION
         else:
@@ -170,6 +209,59 @@ class HeatPump:
         if self._defrosting(t, weather.temp_c):
             return running * DEFROST_POWER_FRACTION
         return running
+
+    def _down_output(self, t: float, temp_c: float) -> HpOutput | None:
+        """The output while a compressor fault (standby) or a grid outage (nothing) holds t,
+        else None. No heat, COP 0; the water in the circuit cools towards the rooms."""
+        near = self._down.near(t)
+        holding = [w for w in near if w.holds(t)]
+        if not holding:
+            return None
+        start = holding[0].start  # the earliest: the windows come by start
+        for w in reversed(near):  # back to back with an earlier window: down since its start
+            if w.start < start <= w.end:
+                start = w.start
+        setpoint = flow_temperature_c(temp_c)
+        water = ROOM_C + (setpoint - ROOM_C) * math.exp(-(t - start) / WATER_COOLING_S)
+        if any(w.scenario.name == OUTAGE for w in holding):
+            return HpOutput(0.0, 0.0, 0.0, water, OFF, False, water)
+        return HpOutput(self._standby_w(t), 0.0, 0.0, water, FAULT_MODE, False, water)
+
+    def catching_up(self, t: float) -> bool:
+        """Whether the unit runs at rated power to make up for the heat a fault or an outage
+        that ended before t kept from the house (`recovery_s`)."""
+        if self._down is None or self.rated_w <= 0.0:
+            return False
+        return any(w.end <= t < w.end + self.recovery_s(w.start, w.end) for w in self._down.near(t))
+
+    def recovery_s(self, start: float, end: float) -> float:
+        """How long the unit runs at rated power after a window (start, end) without heat: the
+        space heat the building lost meanwhile over what rated power delivers beyond the
+        demand at the end, at most RECOVERY_MAX_S (remembered per window)."""
+        key = (start, end)
+        found = self._recovery_memo.get(key)
+        if found is not None:
+            return found
+        samples = min(RECOVERY_MAX_SAMPLES, max(1, math.ceil((end - start) / RECOVERY_SAMPLE_S)))
+        width = (end - start) / samples
+        missed_j = sum(self._space_heat_w(start + (i + 0.5) * width) for i in range(samples)) * width
+        temp, daily = self.weather.temperatures_c(end)
+        surplus_w = (self.rated_w * cop(temp, flow_temperature_c(temp))
+                     - self.ua_w_per_k * max(0.0, HEATING_LIMIT_C - daily))
+        if not missed_j > 0.0:
+            found = 0.0
+        elif not surplus_w > 0.0:
+            found = RECOVERY_MAX_S  # rated power does not even cover the demand
+        else:
+            found = min(RECOVERY_MAX_S, missed_j / surplus_w)
+        if len(self._recovery_memo) >= 64:
+            self._recovery_memo.clear()
+        self._recovery_memo[key] = found
+        return found
+
+    def _space_heat_w(self, t: float) -> float:
+        """The building's space-heating demand (W of heat) at t."""
+        return self.ua_w_per_k * max(0.0, HEATING_LIMIT_C - self.weather.temperatures_c(t)[1])
 
     def _spread_k(self, heat_w: float) -> float:
         """Flow minus return (K) while delivering `heat_w`; 0 without a circulation flow."""

@@ -18,6 +18,14 @@ sky (GHI split into beam and diffuse) is computed once per instant for all its a
 
 For the cheap sub-stepped integration of a device's energy registers, `pv_output`,
 `heatpump_output` and `grid_phases_w` compute only what that one device needs.
+
+Faults (`scenarios`; the household is one system, so every device and the grid meter see
+every fault, in the snapshot, the views and the sub-steps alike): a tripped inverter
+delivers 0 W (its string open: DC 0; the sun still shines on the modules), so the grid
+imports what it did not deliver; a heat pump's compressor fault and its catch-up are the
+heat pump's (`heatpump`); a grid outage takes the house load to 0, disconnects every
+inverter (anti-islanding) and every heat pump, and the three phases have 0 V and 0 W. The
+balance holds exactly with the faulted devices' real powers, in total and per phase.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from c8ysim.sim.clock import LocalTime, local_time, zone
 from c8ysim.sim.heatpump import HeatPump, HpOutput
 from c8ysim.sim.load import APPLIANCES, HouseholdLoad
 from c8ysim.sim.phases import LoadSplit, Placement, Triple, placement
-from c8ysim.sim.pv import PvArray, PvOutput, haurwitz_ghi, sky
+from c8ysim.sim.pv import PvArray, PvOutput, Sky, haurwitz_ghi, sky
+from c8ysim.sim.scenarios import NO_FAULTS, Faults, SiteFaults
 from c8ysim.sim.sun import SunPosition, sun_position
 from c8ysim.sim.voltage import GridVoltage
 from c8ysim.sim.weather import Weather, WeatherModel
@@ -52,12 +61,16 @@ class Snapshot:
     grid_phase_w: Triple  # the grid power on L1, L2, L3, + import (adds up to grid_w)
     phase_voltage_v: Triple  # L1, L2, L3 to neutral
     excursion: bool
+    faults: Faults = NO_FAULTS  # the faults holding at t
 
     @property
     def voltage_v(self) -> float:
         """The mean of the three phase voltages."""
         v1, v2, v3 = self.phase_voltage_v
         return (v1 + v2 + v3) / 3.0
+
+
+ZERO: Triple = (0.0, 0.0, 0.0)
 
 
 def grid_balance_w(load_w: float, heatpump_w: list[float], pv_w: list[float]) -> float:
@@ -75,6 +88,7 @@ class View(NamedTuple):
     heatpump: HpOutput | None  # a heat pump's own output
     volts: tuple[float, ...]
     grid_phase_w: Triple | None  # the grid meter's three phases (+ import)
+    faults: Faults  # the faults holding at t
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,7 @@ class Household:
         self.placement: dict[str, Placement] = {s.name: placement(s) for s in site.devices}
         self._hp_places = [self.placement[name] for name in self.heatpumps]
         self._pv_places = [self.placement[name] for name in self.pv]
+        self.faults = SiteFaults(site)
         self._scopes: dict[str, Scope] = {}
         self._last: Snapshot | None = None
 
@@ -113,19 +128,24 @@ class Household:
         if self._last is not None and self._last.t == t:
             return self._last
         weather, sun, local = self._inputs(t)
+        faults = self.faults.at(t)
         light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
-        pv = {name: array.output_in(light, weather) for name, array in self.pv.items()}
+        pv = {name: self._pv_output(name, array, light, weather, faults) for name, array in self.pv.items()}
         hps = {name: hp.output(t, weather, local) for name, hp in self.heatpumps.items()}
-        base, appliances = self.load.components_w(t, local)
-        load = base + sum(appliances)
-        grid = grid_balance_w(load, [h.power_w for h in hps.values()], [p.ac_w for p in pv.values()])
-        phase_load = self.load_split.split(t, base, appliances)
-        phase_grid = self._phase_balance(phase_load, [h.power_w for h in hps.values()],
-                                         [p.ac_w for p in pv.values()])
-        excursion = self.voltage.excursion_v(t) is not None
-        volts = self.voltage.phases_v(t, phase_grid)
+        hp_w, pv_w = [h.power_w for h in hps.values()], [p.ac_w for p in pv.values()]
+        if faults.outage:
+            load, phase_load = 0.0, ZERO
+            phase_grid = volts = ZERO
+        else:
+            base, appliances = self.load.components_w(t, local)
+            load = base + sum(appliances)
+            phase_load = self.load_split.split(t, base, appliances)
+            phase_grid = self._phase_balance(phase_load, hp_w, pv_w)
+            volts = self.voltage.phases_v(t, phase_grid)
+        grid = grid_balance_w(load, hp_w, pv_w)
+        excursion = not faults.outage and self.voltage.excursion_v(t) is not None
         self._last = Snapshot(t, weather, sun, local, pv, hps, load, grid, phase_load, phase_grid,
-                              volts, excursion)
+                              volts, excursion, faults)
         return self._last
 
     def scope(self, name: str) -> Scope:
@@ -148,6 +168,7 @@ class Household:
         snapshot's: a phase's sum only ever adds the devices on that phase, in site order."""
         scope = self.scope(name)
         weather, local = self.weather.at(t), local_time(t, self.tz)
+        faults = self.faults.at(t)
         own_pv = own_hp = None
         hp_w = []
         for other, pump in scope.pumps:
@@ -162,41 +183,67 @@ class Household:
             light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
             for other, array in scope.arrays:
                 if other == name:
-                    own_pv = array.output_in(light, weather)
+                    own_pv = self._pv_output(name, array, light, weather, faults)
                     pv_w.append(own_pv.ac_w)
                 else:
-                    pv_w.append(array.ac_w_in(light, weather))
+                    pv_w.append(self._pv_w(other, array, light, weather, faults))
+        phases = scope.phases
+        if faults.outage:
+            return View(t, weather, own_pv, own_hp, (0.0,) * len(phases),
+                        ZERO if len(phases) == 3 else None, faults)
         base, appliances = self.load.components_w(t, local)
         phase_grid = self._phase_balance(self.load_split.split(t, base, appliances), hp_w, pv_w,
                                          scope.hp_places, scope.pv_places)
-        phases = scope.phases
         if len(phases) == 3:
-            return View(t, weather, own_pv, own_hp, self.voltage.phases_v(t, phase_grid), phase_grid)
+            return View(t, weather, own_pv, own_hp, self.voltage.phases_v(t, phase_grid), phase_grid, faults)
         watts = tuple(phase_grid[n] for n in phases)
-        return View(t, weather, own_pv, own_hp, self.voltage.some_phases_v(t, phases, watts), None)
+        return View(t, weather, own_pv, own_hp, self.voltage.some_phases_v(t, phases, watts), None, faults)
 
     def pv_output(self, name: str, t: float) -> PvOutput:
         site = self.site
-        return self.pv[name].output(sun_position(t, site.latitude, site.longitude), self.weather.at(t))
+        weather, sun = self.weather.at(t), sun_position(t, site.latitude, site.longitude)
+        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+        return self._pv_output(name, self.pv[name], light, weather, self.faults.at(t))
 
     def heatpump_output(self, name: str, t: float) -> HpOutput:
         return self.heatpumps[name].output(t, self.weather.at(t), local_time(t, self.tz))
 
     def grid_w(self, t: float) -> float:
-        weather, sun, local = self._inputs(t)
-        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
-        pv = [array.ac_w_in(light, weather) for array in self.pv.values()]
-        hps = [hp.power_w(t, weather, local) for hp in self.heatpumps.values()]
-        return grid_balance_w(self.load.power_w(t, local), hps, pv)
+        """P_grid at t, as the snapshot has it."""
+        local, faults, hps, pv = self._powers(t)
+        return grid_balance_w(0.0 if faults.outage else self.load.power_w(t, local), hps, pv)
 
     def grid_phases_w(self, t: float) -> Triple:
         """The grid power on L1, L2, L3 at t (+ import), as the snapshot has it."""
-        weather, sun, local = self._inputs(t)
-        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
-        pv = [array.ac_w_in(light, weather) for array in self.pv.values()]
-        hps = [hp.power_w(t, weather, local) for hp in self.heatpumps.values()]
+        local, faults, hps, pv = self._powers(t)
+        if faults.outage:
+            return ZERO
         base, appliances = self.load.components_w(t, local)
         return self._phase_balance(self.load_split.split(t, base, appliances), hps, pv)
+
+    def _powers(self, t: float) -> tuple[LocalTime, Faults, list[float], list[float]]:
+        """(local time, faults, each heat pump's power, each array's) at t, powers alone."""
+        weather, sun, local = self._inputs(t)
+        faults = self.faults.at(t)
+        light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
+        pv = [self._pv_w(name, array, light, weather, faults) for name, array in self.pv.items()]
+        return local, faults, [hp.power_w(t, weather, local) for hp in self.heatpumps.values()], pv
+
+    @staticmethod
+    def _pv_output(name: str, array: PvArray, light: Sky | None, weather: Weather,
+                   faults: Faults) -> PvOutput:
+        """An array's output; a tripped inverter (or one disconnected by an outage: anti-
+        islanding) delivers nothing, its string open: the sun still shines on the modules."""
+        out = array.output_in(light, weather)
+        if faults.outage or name in faults.tripped:
+            return PvOutput(0.0, 0.0, 0.0, out.poa_w_m2, out.cell_temp_c)
+        return out
+
+    @staticmethod
+    def _pv_w(name: str, array: PvArray, light: Sky | None, weather: Weather, faults: Faults) -> float:
+        if faults.outage or name in faults.tripped:
+            return 0.0
+        return array.ac_w_in(light, weather)
 
     def _phase_balance(self, phase_load: Triple, hp_w: Sequence[float], pv_w: Sequence[float],
                        hp_places: Sequence[Placement] | None = None,

@@ -13,6 +13,22 @@ Owns the climate every device sees. All of it is a pure function of (site, t):
   cloud field is thresholded through a logistic edge, giving sun/cloud alternation.
   Day types switch at solar midnight, when k does not matter.
 - Wind speed (for the PV cell temperature): mean 3 m/s with slow noise.
+
+Forced weather (a `weather` scenario, `c8ysim.site`; `scenarios.Windows`): during its window
+the day type is the forced one (`clear` -> clear, `cloudy` -> mixed, `overcast` ->
+overcast) for the clear-sky index, drawn from the same seeded streams as a natural day of
+that type. Clouds come and go as a front does: k moves from the natural to the forced
+value over CLOUD_EDGE_S (smoothstep, at most a quarter of the window) after the window
+opens and back over the same time before it closes, so nothing changes outside the window
+and the PV output has no one-second step. The air has thermal inertia, so the temperature
+follows the forced sky more slowly: the diurnal swing's clearness moves to the forced
+day type's over THERMAL_LAG_S after the window opens (an overcast noon cools by up to
+~3 K within the hour and a half) and back over THERMAL_LAG_S after it ends. Both are
+continuous in t, and so is everything computed from the temperature (COP, heat demand).
+The daily mean (what the building and the heating limit feel) is not forced: a few hours
+of clouds do not change the synoptic situation. Overlapping windows blend in order of
+their start; `Weather.day_type` is the latest-started window's. A site without weather
+scenarios computes exactly what it did before: the forcing is a branch that is not taken.
 """
 
 from __future__ import annotations
@@ -24,6 +40,8 @@ from functools import lru_cache
 from c8ysim.sim import Site
 from c8ysim.sim.clock import season_angle, solar_days, summerness, wrap_longitude
 from c8ysim.sim.noise import clamp, stream_key, uniform, value_noise
+from c8ysim.sim.scenarios import Window, Windows, honoured
+from c8ysim.site import WEATHER
 
 MEAN_AT_EQUATOR_C = 27.0
 MEAN_LAPSE_C_PER_DEG_LAT = 0.33
@@ -48,6 +66,9 @@ MIXED_FIELD_PERIODS_S = ((0.8, 12 * 60.0), (0.6, 90.0))
 MIXED_EDGE_WIDTH = 0.15
 WIND_MEAN_M_S, WIND_SD_M_S, WIND_PERIOD_S = 3.0, 1.5, 6 * 3600.0
 WIND_MIN_M_S, WIND_MAX_M_S = 0.2, 15.0
+FORCED_DAY_TYPES = {"clear": CLEAR, "cloudy": MIXED, "overcast": OVERCAST}  # WEATHER_KINDS
+CLOUD_EDGE_S = 120.0  # a front crossing the roof
+THERMAL_LAG_S = 90 * 60.0  # the air temperature following forced clouds
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,12 @@ def _day_type(key: int, day: int, latitude: float, longitude: float) -> str:
     return CLEAR if u < p_clear else OVERCAST if u < p_clear + p_overcast else MIXED
 
 
+def _smoothstep(x: float) -> float:
+    """0 below 0, 1 above 1, 3x^2 - 2x^3 between (continuous, flat at both ends)."""
+    x = clamp(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 class WeatherModel:
     """The weather of one site (seeded streams), evaluated at any t."""
 
@@ -122,11 +149,33 @@ class WeatherModel:
         self._k_synoptic, self._k_local = key("temp-synoptic"), key("temp-local")
         self._k_cloud_slow, self._k_cloud_fast = key("cloud-slow"), key("cloud-fast")
         self._k_wind = key("wind")
+        forced = [s for s in honoured(site) if s.what == WEATHER]
+        self._forcing = Windows(forced, THERMAL_LAG_S, site.timezone) if forced else None
+        self._forced_memo: tuple[float | None, list[Window]] = (None, [])
 
     def at(self, t: float) -> Weather:
         kind = self.day_type(math.floor(solar_days(t, self.longitude)))
         temp, daily = self.temperatures_c(t)
+        if self._forcing is not None:
+            return self._forced_at(t, kind, temp, daily)
         return Weather(temp, daily, self.clear_index(t, kind), self.wind_m_s(t), kind)
+
+    def _forced_at(self, t: float, kind: str, temp: float, daily: float) -> Weather:
+        k = self.clear_index(t, kind)
+        for window in self._forced(t):
+            if window.holds(t):
+                forced = FORCED_DAY_TYPES[window.scenario.name]
+                edge = min(CLOUD_EDGE_S, (window.end - window.start) / 4.0)
+                w = _smoothstep(min(t - window.start, window.end - t) / edge)
+                k = k * (1.0 - w) + self.clear_index(t, forced) * w
+                kind = forced
+        return Weather(temp, daily, clamp(k, K_MIN, K_MAX), self.wind_m_s(t), kind)
+
+    def _forced(self, t: float) -> list[Window]:
+        """The weather windows near t (remembered for the t at hand: `at` asks twice)."""
+        if self._forced_memo[0] != t:
+            self._forced_memo = (t, self._forcing.near(t))
+        return self._forced_memo[1]
 
     def day_type(self, day: int) -> str:
         return _day_type(self._k_day, day, self.latitude, self.longitude)
@@ -136,7 +185,18 @@ class WeatherModel:
         x = solar_days(t, self.longitude) - 0.5
         day = math.floor(x)
         w = (x - day) ** 2 * (3.0 - 2.0 * (x - day))
-        return CLEARNESS[self.day_type(day)] * (1.0 - w) + CLEARNESS[self.day_type(day + 1)] * w
+        natural = CLEARNESS[self.day_type(day)] * (1.0 - w) + CLEARNESS[self.day_type(day + 1)] * w
+        if self._forcing is None:
+            return natural
+        for window in self._forced(t):  # the air follows forced clouds with a lag
+            full = _smoothstep(min(1.0, (window.end - window.start) / THERMAL_LAG_S))
+            if window.holds(t):
+                weight = _smoothstep(min(1.0, (t - window.start) / THERMAL_LAG_S))
+            else:
+                weight = full * (1.0 - _smoothstep(min(1.0, (t - window.end) / THERMAL_LAG_S)))
+            forced = CLEARNESS[FORCED_DAY_TYPES[window.scenario.name]]
+            natural = natural * (1.0 - weight) + forced * weight
+        return natural
 
     def temperatures_c(self, t: float) -> tuple[float, float]:
         """(air temperature, smoothed daily mean) at t."""
