@@ -450,6 +450,8 @@ class _Reader:
         after = None if daily else self.duration(items, "after", MAX_SCENARIO_DELAY_S)
         device = self.value(items, "device", "scenario", str, "")
         if what[0] == "weather":
+            if device:
+                self.error(items["device"], "weather is the whole site's: leave 'device' out")
             name = self.value(items, "weather", "scenario", str, None,
                               checks.one_of(*WEATHER_KINDS))
         elif device not in kinds:

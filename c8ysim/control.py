@@ -62,10 +62,14 @@ class Control:
 
     @property
     def overrides(self) -> dict[str, float]:
-        """This device's settings set from Cumulocity (interval_s among them)."""
-        own = dict(self.overlay.params.get(self.device.name, {}))
-        if self.device.name in self.overlay.intervals:
-            own["interval_s"] = self.overlay.intervals[self.device.name]
+        """This device's settings set from Cumulocity that differ from the YAML file's now
+        (interval_s among them; a file edited to the same value ends the override)."""
+        in_file = {**KINDS[self.device.type].params, **dict(self.device.params)}
+        own = {k: v for k, v in self.overlay.params.get(self.device.name, {}).items()
+               if in_file.get(k) != v}
+        interval = self.overlay.intervals.get(self.device.name)
+        if interval is not None and interval != self.device.interval_s:
+            own["interval_s"] = interval
         return own
 
     def faults(self, now: float) -> list[list]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 import sys
 from datetime import datetime
 
@@ -220,3 +221,47 @@ def test_a_span_that_does_not_fit_is_refused_not_half_dropped(tmp_path):
                          "--device", "pv-roof", "--since", "2h"],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "queued 720 readings" in ok.stdout, ok.stderr
+
+
+def _voltages(tmp_path, device: str) -> dict[float, float]:
+    """{epoch: voltage of L1} of the grid meter's buffered 201 lines."""
+    db = sqlite3.connect(tmp_path / "state" / f"{device}.sqlite3")
+    payloads = [p.decode() for (p,) in db.execute("SELECT payload FROM outbox ORDER BY id")]
+    db.close()
+    found = {}
+    for line in payloads:
+        fields = line.split(",")
+        if fields[0] == "201" and "voltage:1" in fields:
+            at = fields.index("voltage:1")
+            found[datetime.fromisoformat(fields[2]).timestamp()] = float(fields[at + 1])
+    return found
+
+
+def test_backfill_replays_scheduled_and_commanded_faults(tmp_path):
+    """A daily outage at a site time, and one started from Cumulocity (the live file), are
+    in the backfilled past: 0 V at the meter inside each window, not outside."""
+    from zoneinfo import ZoneInfo
+
+    from c8ysim.live import LiveFiles
+    from c8ysim.site import FAULT, Scenario
+
+    now = time.time()
+    daily_start = (now - 3 * 3600) // 600 * 600  # a slot 3 h ago, as the site's HH:MM
+    local = datetime.fromtimestamp(daily_start, ZoneInfo("Europe/Berlin"))
+    schedule = (f"scenarios:\n  - {{at: \"{local:%H:%M}\", for: 20m, device: grid-meter, "
+                "fault: outage}\n")
+    path = write_config(tmp_path, free_port(), free_port(), interval_s=60,
+                        devices=[("pv-roof", "pv"), ("grid-meter", "grid")], extra=schedule)
+    commanded_start = now - 5 * 3600
+    LiveFiles(tmp_path / "state", "grid-meter").add_scenario(
+        Scenario(FAULT, "outage", "grid-meter", 600.0, start=commanded_start), now - 5 * 3600)
+    result = subprocess.run(
+        [sys.executable, "-m", "c8ysim", "backfill", "--config", str(path), "--device",
+         "grid-meter", "--since", "6h"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    volts = _voltages(tmp_path, "grid-meter")
+    assert len(volts) >= 359
+    windows = [(daily_start, daily_start + 1200), (commanded_start, commanded_start + 600)]
+    for t, v in volts.items():
+        inside = any(start <= t < end for start, end in windows)
+        assert (v == 0) == inside, (t, v, windows)

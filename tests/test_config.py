@@ -413,6 +413,8 @@ def test_scenarios_are_read_with_their_times(tmp_path):
     ('{at: "14:00", after: 1m, for: 1m, weather: clear}', "a scenario needs one of 'at'"),
     ('{at: "14:00", for: 1m, weather: clear, fault: outage, device: grid-meter}',
      "a scenario needs one of 'at'"),
+    ('{at: "14:00", for: 1m, device: pv-roof, weather: clear}',
+     "weather is the whole site's: leave 'device' out"),
     ('{at: "14:00", for: 1m, weather: sunny}', "scenario.weather: must be one of clear, "
      "cloudy, overcast"),
     ('{at: "14:00", for: 1m, device: pv-roof, uplink_outage: false}',
