@@ -231,8 +231,8 @@ class Device:
         next_heartbeat = 0.0
         while self.running:
             now = time.monotonic()
-            if self._follow_control():
-                next_tick = now + _until_next_slot_s(self.control.interval_s)
+            if self._follow_control():  # a new interval: its next slot, unless one is due
+                next_tick = min(next_tick, now + _until_next_slot_s(self.control.interval_s))
             if now >= next_tick:
                 self.tick()
                 # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
@@ -281,7 +281,8 @@ class Device:
 
     def _follow_control(self) -> bool:
         """Apply a change of the live files: the model (faults, weather, parameters), the
-        113 text. True when the interval may have changed."""
+        113 text. True when the interval changed."""
+        interval = self.control.interval_s
         if not self.control.refresh():
             return False
         self.model = sim.build_model(self.control.site, self.device.name)
@@ -291,7 +292,7 @@ class Device:
             log.info("settings now: %s", self.control.overrides or "as in the YAML file")
             if self.session:
                 self.session.report_configuration(configuration)
-        return True
+        return self.control.interval_s != interval
 
     def _follow_outage(self, now: float, monotonic_now: float) -> None:
         """Take the uplink down for a comms_loss window of this device, and up after it."""
