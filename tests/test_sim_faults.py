@@ -11,17 +11,18 @@ and a device's `view` equal to the site's snapshot bit for bit (issue 18).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from c8ysim.sim import DeviceSpec, Site, build_model
 from c8ysim.sim.clock import local_time
 from c8ysim.sim.heatpump import FAULT_MODE, HEATING, OFF, RECOVERY_MAX_S, STANDBY_MAX_W, STANDBY_MIN_W
 from c8ysim.sim.household import Household, grid_balance_w
-from c8ysim.sim.scenarios import NO_FAULTS, honoured
+from c8ysim.sim.scenarios import NO_FAULTS, Window, Windows, honoured
 from c8ysim.sim.weather import CLEAR, MIXED, OVERCAST, THERMAL_LAG_S
 from c8ysim.site import COMMS_LOSS, FAULT, WEATHER, Scenario
 
@@ -448,6 +449,41 @@ def test_daily_window_across_a_dst_change(night, spans):
     for t in times[::7]:  # the model's window is the Scenario's, with the site's offset at t
         holds = daily.window(t, local_time(t, tz).utc_offset_s) is not None
         assert (model.household.faults.at(t).broken == {"hp"}) == holds
+
+
+DST_CHANGES = [utc("2024-03-31T01:00:00"), utc("2024-10-27T01:00:00"),  # Berlin
+               utc("2024-04-06T15:00:00"), utc("2024-10-05T15:30:00")]  # Lord Howe: 30 minutes
+
+
+@settings(max_examples=150, deadline=None)
+@given(zone_name=st.sampled_from(["Europe/Berlin", "Australia/Lord_Howe", "UTC"]),
+       windows=st.lists(st.tuples(st.booleans(), st.floats(-2 * 86400.0, 2 * 86400.0),
+                                  st.floats(1.0, 3 * 86400.0)), min_size=1, max_size=5),
+       memory=st.sampled_from([0.0, 600.0, RECOVERY_MAX_S]),
+       base=st.sampled_from(DST_CHANGES), offsets=st.lists(st.floats(-2 * 86400.0, 2 * 86400.0),
+                                                           min_size=1, max_size=20))
+@example(zone_name="Australia/Lord_Howe", windows=[(True, 0.0, 1.0)], memory=RECOVERY_MAX_S,
+         base=DST_CHANGES[2], offsets=[-1.192092896e-07])  # reads as the change: microseconds
+def test_windows_are_exactly_the_scenarios_own(zone_name, windows, memory, base, offsets):
+    """The per-slot shortcuts find what Scenario.window / last_end find, with the offset at t."""
+    scenarios = [Scenario(FAULT, "inverter_trip", "roof", duration,
+                          **({"daily_at_s": abs(at) % 86400.0} if daily else {"start": base + at}))
+                 for daily, at, duration in windows]
+    lookup = Windows(scenarios, memory, zone_name)
+    tz = Household(Site(0.0, 0.0, zone_name, 1)).tz
+    for t in sorted(base + x for x in offsets):
+        offset = local_time(t, tz).utc_offset_s
+        expected = Counter()
+        for s in scenarios:
+            window = s.window(t, offset)
+            end = s.last_end(t, offset)
+            if window is not None:
+                expected[Window(s, *window)] += 1
+            elif memory > 0.0 and end is not None and t - end < memory:
+                expected[Window(s, end - s.duration_s, end)] += 1
+        found = lookup.near(t)
+        assert Counter(found) == expected
+        assert [w.start for w in found] == sorted(w.start for w in found)
 
 
 # -- determinism and the view ------------------------------------------------------------------
