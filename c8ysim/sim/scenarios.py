@@ -154,6 +154,11 @@ class SiteFaults:
         faults = [s for s in honoured(site) if s.what == FAULT]
         self._windows = Windows(faults, 0.0, site.timezone) if faults else None
 
+    @property
+    def none(self) -> bool:
+        """Whether the site has no fault scenario at all (then `at` is always NO_FAULTS)."""
+        return self._windows is None
+
     def at(self, t: float) -> Faults:
         if self._windows is None:
             return NO_FAULTS
