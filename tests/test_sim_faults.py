@@ -10,9 +10,14 @@ and a device's `view` equal to the site's snapshot bit for bit (issue 18).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -556,3 +561,33 @@ def test_no_effect_long_after_every_window(scenarios, offset):
     for name in NAMES:
         a, b = build_model(site(*scenarios), name), build_model(site(), name)
         assert a.step(a.initial_state(), t, 10.0) == b.step(b.initial_state(), t, 10.0)
+
+
+EVERY_FAULT = (fault("inverter_trip", "roof", T0 + 3600.0, 1800.0),
+               fault("compressor_fault", "annex", T0 + 1800.0, 5400.0),
+               fault("outage", "meter", T0 + 4 * 3600.0, 900.0),
+               Scenario(WEATHER, "clear", "", 4 * 3600.0, daily_at_s=9 * 3600.0))
+
+
+def _readings_json(times: list[float]) -> str:
+    out = []
+    for name in NAMES:
+        readings, states, _, _ = run(build_model(site(*EVERY_FAULT), name), times)
+        out += [[name, r.time, [list(s) for s in r.series], [a.type for a in r.alarms_raised],
+                 list(r.alarms_cleared), st] for r, st in zip(readings, states)]
+    return json.dumps(out)
+
+
+def test_another_process_computes_identical_readings_with_every_fault():
+    times = grid(T0, T0 + 6 * 3600.0, 97.0)
+    script = ("import sys, json; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
+              "import test_sim_faults as f; print(f._readings_json(json.loads(sys.argv[3])))")
+    env = {**os.environ, "PYTHONHASHSEED": "4242"}
+    here = Path(__file__).resolve().parent
+    result = subprocess.run([sys.executable, "-c", script, str(here.parent), str(here), json.dumps(times)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    mine = json.loads(_readings_json(times))
+    assert json.loads(result.stdout) == mine
+    assert {alarm for row in mine for alarm in row[3]} == {
+        "c8ysim_InverterTrip", "c8ysim_CompressorFault", "c8ysim_GridOutage"}
