@@ -26,6 +26,7 @@ import socket
 import sys
 import types
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # Standard modules paho imports but uses only for TLS, websockets or proxies.
 DEFERRED_MODULES = ("ssl", "hashlib", "urllib.request")
@@ -75,6 +76,7 @@ SUBACK_FAILURE = 0x80
 # paho sleeps in 1 s steps between its own reconnect attempts; we never let it get there.
 NEVER_S = 24 * 3600
 MAX_TOPIC_BYTES = 65535  # MQTT's UTF-8 string length field
+CACHED_TOPIC_CHARS = 256  # invalid_topic remembers its answer for topics up to this long
 # What brokers refuse in a topic name (MQTT 3.1.1 §1.5.3, §4.7; mosquitto closes the
 # connection on it): NUL and the other control characters, non-characters, wildcards.
 _BAD_TOPIC_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff+#]")
@@ -250,9 +252,21 @@ def _describe_connack(rc) -> tuple[bool, str, bool]:
 def invalid_topic(topic) -> str | None:
     """Why `topic` can never be published (None: it can), checked before paho sees it:
     paho raises on some of these and sends others, and the broker then drops the
-    connection, again on every reconnect."""
+    connection, again on every reconnect. The session asks for every row it drains, and
+    nearly every row has one of a few topics: the answers for text topics are cached."""
     if not isinstance(topic, str):
         return f"the topic is {type(topic).__name__}, not text"
+    if len(topic) <= CACHED_TOPIC_CHARS:
+        return _cached_check(topic)
+    return _check_topic(topic)
+
+
+@lru_cache(maxsize=64)
+def _cached_check(topic: str) -> str | None:
+    return _check_topic(topic)
+
+
+def _check_topic(topic: str) -> str | None:
     if not topic:
         return "the topic is empty"
     try:
