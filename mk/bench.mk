@@ -1,17 +1,28 @@
-# Footprint benchmark (`make bench`, next to the storage benchmarks of mk/storage.mk): PSS,
-# CPU and start time of the real agent against a private mosquitto; regenerates
-# docs/performance.md. Figures only, never part of `make test`. Takes about 6 minutes.
-# e.g. make bench-footprint FOOTPRINT_ARGS="--seconds 10 --settle 5" for a quick look.
+# Benchmarks (`make bench`, as root: memory is read from /proc/<pid>/pagemap): footprint
+# (distinct pages, CPU per delivered measurement, start), drain through the real agent and
+# through Session alone, and the status page under load; regenerates docs/performance.md.
+# Figures only, never part of `make test`. With mk/storage.mk's bench-storage (Session alone,
+# SQLite and PostgreSQL) about 10 minutes.
+# e.g. make bench-footprint FOOTPRINT_ARGS="--seconds 10 --settle 5 --devices 3,10" for a
+# quick look; make bench-agent-drain for the drain through the agent alone.
 
-.PHONY: bench bench-footprint bench-status
+.PHONY: bench bench-footprint bench-status bench-agent-drain
 
 FOOTPRINT_ARGS ?=
+AGENT_DRAIN_ARGS ?=
 
 bench: bench-footprint bench-status
 
+# Also runs bench_agent_drain.py and a short bench_drain.py for the note's drain section.
 bench-footprint: system-deps $(VENV_OK)
+	@[ "$$(id -u)" = 0 ] || { echo "make bench reads /proc/<pid>/pagemap: run it as root" >&2; exit 1; }
 	$(VENV)/bin/python bench/bench_footprint.py --doc docs/performance.md $(FOOTPRINT_ARGS)
 
 # The status page answered from the supervisor loop, alone and under concurrent clients.
 bench-status: system-deps $(VENV_OK)
 	$(VENV)/bin/python bench/bench_status.py --doc docs/performance.md
+
+# A day of backlog of three devices drained by `c8ysim run`, loopback and +50 ms, against
+# bare paho (printed only; bench-footprint puts it in the note).
+bench-agent-drain: system-deps $(VENV_OK)
+	$(VENV)/bin/python bench/bench_agent_drain.py $(AGENT_DRAIN_ARGS)
