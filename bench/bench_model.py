@@ -22,7 +22,7 @@ noise and weather modules are cleared: a device process starts cold too). `--src
 another checkout's c8ysim (e.g. a `git worktree` of an older commit) with this same script.
 No assertions.
 
-    .venv/bin/python bench/bench_model.py [--reps 3] [--quick] [--src DIR]
+    .venv/bin/python bench/bench_model.py [--reps 3] [--quick] [--src DIR] [--counts]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a quarter of a day instead of a day")
     parser.add_argument("--src", default=str(REPO), help="the checkout whose c8ysim is timed")
     parser.add_argument("--day", default="2024-01-15", help="the simulated day (UTC), a heating day")
+    parser.add_argument("--counts", action="store_true", help="only the bytecode counts (no timing)")
     return parser.parse_args()
 
 
@@ -115,6 +116,7 @@ def bytecodes_per_step(site: Site, name: str, day0: float, steps: int = 200) -> 
     """Python bytecodes executed per model.step at 10 s steps from 06:00 (sys.settrace): a
     deterministic measure of the work, untouched by the machine's noise (C code such as
     math and zoneinfo counts as one call)."""
+    clear_caches()
     model = build_model(site, name)
     state, counted = model.initial_state(), [0]
     for i in range(10):  # first-use work (scopes, memos) is not a step's
@@ -147,8 +149,21 @@ def time_weather(site: Site, day0: float, seconds: float) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+def print_counts(day0: float) -> None:
+    print(f"Python bytecodes per step (deterministic; 10 s steps from 06:00, c8ysim from {ARGS.src}):")
+    sites = {"3-device": SMALL, "20-device": LARGE}
+    if Scenario is not None:
+        sites["3-dev+scen"] = with_scenarios(SMALL, day0)
+    for label, site in sites.items():
+        counts = "  ".join(f"{kind} {bytecodes_per_step(site, name, day0):6.0f}" for kind, name in FIRST.items())
+        print(f"  {label:<10} {counts}")
+
+
 def main() -> None:
     day0 = datetime.fromisoformat(ARGS.day).replace(tzinfo=timezone.utc).timestamp()
+    if ARGS.counts:
+        print_counts(day0)
+        return
     seconds = 86400.0 / 4 if ARGS.quick else 86400.0
     cases = [(label, site, kind, step_s)
              for label, site in (("3-device", SMALL), ("20-device", LARGE))
@@ -180,13 +195,7 @@ def main() -> None:
     for label, site in (("3-device", SMALL), ("20-device", LARGE)):
         total = sum(best[(label, spec.kind, 10.0)] for spec in site.devices) / 10.0
         print(f"  {label:<10} {total:8.1f} µs/s = {total / base:6.2f} x baseline per second")
-    print("Python bytecodes per step (deterministic; 10 s steps from 06:00):")
-    sites = {"3-device": SMALL, "20-device": LARGE}
-    if Scenario is not None:
-        sites["3-dev+scen"] = scenario_site
-    for label, site in sites.items():
-        counts = "  ".join(f"{kind} {bytecodes_per_step(site, name, day0):6.0f}" for kind, name in FIRST.items())
-        print(f"  {label:<10} {counts}")
+    print_counts(day0)
     if Scenario is None:
         return
     print("scenarios (the 3-device site with four scenarios / without):")
