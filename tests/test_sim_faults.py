@@ -591,3 +591,19 @@ def test_another_process_computes_identical_readings_with_every_fault():
     assert json.loads(result.stdout) == mine
     assert {alarm for row in mine for alarm in row[3]} == {
         "c8ysim_InverterTrip", "c8ysim_CompressorFault", "c8ysim_GridOutage"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(scenarios=st.lists(SCENARIOS, max_size=4),
+       offsets=st.lists(st.floats(-86400.0, 2 * 86400.0), min_size=2, max_size=12))
+def test_memos_are_pure_caches_whatever_the_order_of_t(scenarios, offsets):
+    """One household asked in any order (back and forth, as a backfill and tests do) gives
+    what a fresh one gives at each t: every remembered slot, day, window and catch-up is a
+    pure function of its key."""
+    house = Household(site(*scenarios))
+    for offset in offsets:
+        t = T0 + offset
+        fresh = Household(site(*scenarios))
+        for name in NAMES:
+            assert house.view(name, t) == fresh.view(name, t)
+        assert house.grid_phases_w(t) == fresh.grid_phases_w(t)
