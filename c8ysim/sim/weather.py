@@ -22,8 +22,10 @@ value over CLOUD_EDGE_S (smoothstep, at most a quarter of the window) after the 
 opens and back over the same time before it closes, so nothing changes outside the window
 and the PV output has no one-second step. The air has thermal inertia, so the temperature
 follows the forced sky more slowly: the diurnal swing's clearness moves to the forced
-day type's over THERMAL_LAG_S after the window opens (an overcast noon cools by up to
-~3 K within the hour and a half) and back over THERMAL_LAG_S after it ends. Both are
+day type's over THERMAL_LAG_S after the window opens (a clear afternoon forced overcast is
+up to 3.5 K cooler after the hour and a half, the swing's difference at its warmest) and
+back over THERMAL_LAG_S after it ends: the PV output outside the window differs only
+through the air (cell) temperature, for THERMAL_LAG_S after the window. Both are
 continuous in t, and so is everything computed from the temperature (COP, heat demand).
 The daily mean (what the building and the heating limit feel) is not forced: a few hours
 of clouds do not change the synoptic situation. Overlapping windows blend in order of
