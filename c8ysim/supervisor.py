@@ -290,9 +290,10 @@ class Supervisor:
         log.log(logs.NOTICE, "started %s (pid %d)", child.name, pid)
 
     def _held_elsewhere(self, child: Child) -> bool:
-        """Whether another process still runs one of the devices of group `child`."""
-        mine = set(child.members)
-        return bool(mine) and any(other.pid is not None and mine & set(other.forked_members
+        """Whether another process still runs one of the devices of `child` (after a
+        reload regrouped them: the old process may still be stopping)."""
+        mine = set(child.members or (child.name,))
+        return any(other.pid is not None and mine & set(other.forked_members
                                                                       or (other.name,))
                                   for other in self.children.values() if other is not child)
 

@@ -214,3 +214,23 @@ def test_forty_devices_in_two_processes_stay_within_a_generous_memory_bound(
     print(f"40 devices in 2 processes: RSS sum {rss / 1024:.1f} MB, PSS sum {pss / 1024:.1f} MB")
     assert pss < 300 * 1024, "far beyond the ~100 MB target for 100 devices"
     assert agent.stop() == 0
+
+
+def test_a_reload_to_groups_forks_a_group_only_once_its_devices_old_processes_are_gone(
+        tmp_path, mosquitto, agent_factory):
+    devices = [(f"pv-{i}", "pv") for i in range(6)]
+    agent = start(tmp_path, mosquitto, agent_factory, devices=devices, extra="")
+    assert len(children_of(agent.proc.pid)) == 6
+    agent.config.write_text(agent.config.read_text().replace(
+        "devices:\n", "supervisor: {devices_per_process: 4}\ndevices:\n"))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(set(pids(agent).values())) == 2 and
+               all(d["connected"] and d["state"] == "running"
+                   for d in agent.devices().values()), 20, what="two groups running")
+    lines = agent.log_text().splitlines()
+    started = lines.index(next(line for line in lines if "started group-1 (pid" in line))
+    for i in range(4):  # a device never runs in two processes at once
+        assert lines.index(next(line for line in lines if f"supervisor: pv-{i} stopped" in line)) \
+            < started
+    assert len(children_of(agent.proc.pid)) == 2
+    assert agent.stop() == 0
