@@ -12,6 +12,7 @@ time per step of one device of each kind over a simulated day at 1 s and 10 s st
 - the whole site's CPU per simulated second (the sum over its devices, each stepping every
   `interval` seconds) and the ratio large/small per device (10/3 = 3.3 if a device's cost
   grew with the site like the site itself: every device computing every other);
+- Python bytecodes per step (`sys.settrace`), a count the machine's noise does not touch;
 - the small site with scenarios (a daily forced-weather window, a daily inverter trip, a
   once compressor fault and a grid outage; none, some or all active during the day) beside
   the same site without: what scenarios cost.
@@ -110,6 +111,30 @@ def time_steps(site: Site, name: str, day0: float, seconds: float, step_s: float
     return (time.perf_counter() - started) / steps * 1e6
 
 
+def bytecodes_per_step(site: Site, name: str, day0: float, steps: int = 200) -> float:
+    """Python bytecodes executed per model.step at 10 s steps from 06:00 (sys.settrace): a
+    deterministic measure of the work, untouched by the machine's noise (C code such as
+    math and zoneinfo counts as one call)."""
+    model = build_model(site, name)
+    state, counted = model.initial_state(), [0]
+    for i in range(10):  # first-use work (scopes, memos) is not a step's
+        state, _ = model.step(state, day0 + 21600.0 + i * 10.0, 10.0)
+
+    def tracer(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counted[0] += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for i in range(10, 10 + steps):
+            state, _ = model.step(state, day0 + 21600.0 + i * 10.0, 10.0)
+    finally:
+        sys.settrace(None)
+    return counted[0] / steps
+
+
 def time_weather(site: Site, day0: float, seconds: float) -> float:
     """µs per WeatherModel.at over `seconds` at 10 s (the baseline)."""
     clear_caches()
@@ -155,6 +180,13 @@ def main() -> None:
     for label, site in (("3-device", SMALL), ("20-device", LARGE)):
         total = sum(best[(label, spec.kind, 10.0)] for spec in site.devices) / 10.0
         print(f"  {label:<10} {total:8.1f} µs/s = {total / base:6.2f} x baseline per second")
+    print("Python bytecodes per step (deterministic; 10 s steps from 06:00):")
+    sites = {"3-device": SMALL, "20-device": LARGE}
+    if Scenario is not None:
+        sites["3-dev+scen"] = scenario_site
+    for label, site in sites.items():
+        counts = "  ".join(f"{kind} {bytecodes_per_step(site, name, day0):6.0f}" for kind, name in FIRST.items())
+        print(f"  {label:<10} {counts}")
     if Scenario is None:
         return
     print("scenarios (the 3-device site with four scenarios / without):")

@@ -195,18 +195,23 @@ def load(path: str) -> Config:
 def parse(text: str, path: str = "<string>", others_read_mode: int | None = None) -> Config:
     """Validate YAML `text` (named `path` in messages) into a Config. `others_read_mode`:
     the file's mode when every user can read it (a password in it then gets a warning)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
-    except RecursionError:
-        raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
+    root = _compose(text, path)
     reader = _Reader(root, path, others_read_mode)
     config = reader.config(root, path)
     if reader.problems:
         raise ConfigError(path, sorted(reader.problems, key=lambda p: p.line))
     warnings = tuple(f"{path}:{w.line}: warning: {w.message}" for w in reader.warnings)
     return dataclasses.replace(config, warnings=warnings)
+
+
+def _compose(text: str, path: str):
+    """The YAML node tree of `text` (None if empty); ConfigError naming the line if none."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
 
 
 def _warn(message: str) -> None:
@@ -785,16 +790,11 @@ def parse_settings(text: str, kind: str) -> tuple[tuple[tuple[str, float], ...],
     `interval_s` and the parameters of its kind, checked by the config file's rules.
     Returns (parameters, interval or None); ConfigError names the line of each problem."""
     path = "the configuration text"
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
-    except RecursionError:
-        raise ConfigError(path, [Problem(1, "the YAML is nested far too deeply")]) from None
+    root = _compose(text, path)
+    if root is None:  # empty, or comments only: every setting as in the file
+        return (), None
     reader = _Reader(root, path)
     catalogue = KINDS[kind].params
-    if root is None:
-        return (), None
     items = reader.mapping(root, "the configuration", (SETTINGS_INTERVAL_KEY, *catalogue))
     interval = reader.value(items, SETTINGS_INTERVAL_KEY, "configuration", float, None,
                             checks.in_range(MIN_INTERVAL_S, 86400))

@@ -25,6 +25,8 @@ from c8ysim.site import COMMS_LOSS, FAULT, Site
 COMMAND, CONFIGURATION, MEASUREMENT = (
     "c8y_Command", "c8y_Configuration", "c8y_MeasurementRequestOperation")
 
+CHECK_EVERY_S = 0.25  # a change another device made reaches this one within this
+
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +38,7 @@ class Control:
         self.live = LiveFiles(config.storage.path, device.name)
         self.tz = zone(config.site.timezone)
         self.overlay = Overlay()
+        self.next_check = 0.0  # monotonic time the live files are looked at next
         self.site: Site = config.site
         self.active: dict[tuple[str, str], float] = {}  # (name, device) -> end, as last logged
         # whose faults every device feels (a grid outage): the household-wide devices
@@ -47,7 +50,12 @@ class Control:
     # -- what the device loop asks ------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Read the live files if they changed; True when the site or settings did."""
+        """Read the live files if they changed (looked at every CHECK_EVERY_S at most);
+        True when the site or settings did."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + CHECK_EVERY_S
         if not self.live.changed():
             return False
         overlay = self.live.read()

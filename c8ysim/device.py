@@ -261,8 +261,9 @@ class Device:
 
     def turn(self, now: float) -> bool:
         """One turn of the loop's work; True when a c8y_Restart asks for a restart."""
-        if self._follow_control():
-            self.next_tick = now + _until_next_slot_s(self.control.interval_s)
+        if self._follow_control():  # a new interval: its next slot, unless one is due
+            self.next_tick = min(self.next_tick,
+                                 now + _until_next_slot_s(self.control.interval_s))
         if now >= self.next_tick:
             self.tick()
             # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
@@ -309,7 +310,8 @@ class Device:
 
     def _follow_control(self) -> bool:
         """Apply a change of the live files: the model (faults, weather, parameters), the
-        113 text. True when the interval may have changed."""
+        113 text. True when the interval changed."""
+        interval = self.control.interval_s
         if not self.control.refresh():
             return False
         self.model = sim.build_model(self.control.site, self.device.name)
@@ -319,7 +321,7 @@ class Device:
             log.info("settings now: %s", self.control.overrides or "as in the YAML file")
             if self.session:
                 self.session.report_configuration(configuration)
-        return True
+        return self.control.interval_s != interval
 
     def _follow_outage(self, now: float, monotonic_now: float) -> None:
         """Take the uplink down for a comms_loss window of this device, and up after it."""

@@ -12,8 +12,8 @@ the scenarios started by `c8y_Command` (once, from the time the command ran; kep
 `KEEP_ENDED_S` after they end so a backfill still sees them; at most `MAX_SCENARIOS`) and the
 settings set by `c8y_Configuration` that differ from the YAML file's. A file is replaced
 whole (a temporary file renamed over it), so a reader sees the old or the new one, never
-half of one; a reader notices a change by the directory's modification time (one `stat` per
-check). What a file says is external input: a file that cannot be read or makes no sense is
+half of one; a reader notices a change by the names and inode numbers in the directory (one
+directory read per check). What a file says is external input: a file that cannot be read or makes no sense is
 logged once and left out, never fatal.
 """
 
@@ -69,11 +69,13 @@ class LiveFiles:
         self._complained: set[tuple[str, str]] = set()
 
     def changed(self) -> bool:
-        """Whether the directory changed since the last `changed()` that said so (True the
-        first time)."""
+        """Whether a file changed since the last `changed()` that said so (True the first
+        time). Every write renames a new file (a new inode) into place, so the names and
+        inode numbers in the directory (read without a `stat` per file) change with it; the
+        directory's own time alone would miss two writes within one kernel clock tick."""
         try:
-            st = self.directory.stat()
-            signature = (st.st_ino, st.st_mtime_ns)
+            with os.scandir(self.directory) as entries:
+                signature = tuple(sorted((e.name, e.inode()) for e in entries))
         except OSError:
             signature = None
         if signature == self._seen and self._seen is not None:

@@ -163,6 +163,14 @@ def test_configuration_applies_persists_and_refuses_naming_the_line(tmp_path, te
     wait_until(lambda: ended(tenant, PV, 3), 10, what="the third configuration")
     assert results(tenant, PV)[2][2] == ["all settings as in the YAML file"]
     wait_until(lambda: agent.devices()["pv-roof"]["overrides"] is None, 5, what="no override")
+    # the interval too: readings every 0.25 s from now on
+    tenant.send_operation(PV, f"513,{PV},\"interval_s: 0.25\"")
+    wait_until(lambda: ended(tenant, PV, 4), 10, what="the fourth configuration")
+    since = time.time() + 0.5
+    time.sleep(2.0)
+    times = sorted(t for t, _ in series_at(tenant, PV, "c8y_SinglePhaseEnergyMeasurement", "P-")
+                   if t > since)
+    assert len(times) >= 5 and {round(b - a, 3) for a, b in zip(times, times[1:])} == {0.25}
     assert agent.stop() == 0
     assert_clean(tenant)
 

@@ -10,18 +10,24 @@ and a device's `view` equal to the site's snapshot bit for bit (issue 18).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from collections import Counter
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from c8ysim.sim import DeviceSpec, Site, build_model
 from c8ysim.sim.clock import local_time
 from c8ysim.sim.heatpump import FAULT_MODE, HEATING, OFF, RECOVERY_MAX_S, STANDBY_MAX_W, STANDBY_MIN_W
 from c8ysim.sim.household import Household, grid_balance_w
-from c8ysim.sim.scenarios import NO_FAULTS, honoured
+from c8ysim.sim.scenarios import NO_FAULTS, Window, Windows, honoured
 from c8ysim.sim.weather import CLEAR, MIXED, OVERCAST, THERMAL_LAG_S
 from c8ysim.site import COMMS_LOSS, FAULT, WEATHER, Scenario
 
@@ -450,6 +456,41 @@ def test_daily_window_across_a_dst_change(night, spans):
         assert (model.household.faults.at(t).broken == {"hp"}) == holds
 
 
+DST_CHANGES = [utc("2024-03-31T01:00:00"), utc("2024-10-27T01:00:00"),  # Berlin
+               utc("2024-04-06T15:00:00"), utc("2024-10-05T15:30:00")]  # Lord Howe: 30 minutes
+
+
+@settings(max_examples=150, deadline=None)
+@given(zone_name=st.sampled_from(["Europe/Berlin", "Australia/Lord_Howe", "UTC"]),
+       windows=st.lists(st.tuples(st.booleans(), st.floats(-2 * 86400.0, 2 * 86400.0),
+                                  st.floats(1.0, 3 * 86400.0)), min_size=1, max_size=5),
+       memory=st.sampled_from([0.0, 600.0, RECOVERY_MAX_S]),
+       base=st.sampled_from(DST_CHANGES), offsets=st.lists(st.floats(-2 * 86400.0, 2 * 86400.0),
+                                                           min_size=1, max_size=20))
+@example(zone_name="Australia/Lord_Howe", windows=[(True, 0.0, 1.0)], memory=RECOVERY_MAX_S,
+         base=DST_CHANGES[2], offsets=[-1.192092896e-07])  # reads as the change: microseconds
+def test_windows_are_exactly_the_scenarios_own(zone_name, windows, memory, base, offsets):
+    """The per-slot shortcuts find what Scenario.window / last_end find, with the offset at t."""
+    scenarios = [Scenario(FAULT, "inverter_trip", "roof", duration,
+                          **({"daily_at_s": abs(at) % 86400.0} if daily else {"start": base + at}))
+                 for daily, at, duration in windows]
+    lookup = Windows(scenarios, memory, zone_name)
+    tz = Household(Site(0.0, 0.0, zone_name, 1)).tz
+    for t in sorted(base + x for x in offsets):
+        offset = local_time(t, tz).utc_offset_s
+        expected = Counter()
+        for s in scenarios:
+            window = s.window(t, offset)
+            end = s.last_end(t, offset)
+            if window is not None:
+                expected[Window(s, *window)] += 1
+            elif memory > 0.0 and end is not None and t - end < memory:
+                expected[Window(s, end - s.duration_s, end)] += 1
+        found = lookup.near(t)
+        assert Counter(found) == expected
+        assert [w.start for w in found] == sorted(w.start for w in found)
+
+
 # -- determinism and the view ------------------------------------------------------------------
 
 T0 = utc("2024-01-20T06:00:00")
@@ -520,3 +561,33 @@ def test_no_effect_long_after_every_window(scenarios, offset):
     for name in NAMES:
         a, b = build_model(site(*scenarios), name), build_model(site(), name)
         assert a.step(a.initial_state(), t, 10.0) == b.step(b.initial_state(), t, 10.0)
+
+
+EVERY_FAULT = (fault("inverter_trip", "roof", T0 + 3600.0, 1800.0),
+               fault("compressor_fault", "annex", T0 + 1800.0, 5400.0),
+               fault("outage", "meter", T0 + 4 * 3600.0, 900.0),
+               Scenario(WEATHER, "clear", "", 4 * 3600.0, daily_at_s=9 * 3600.0))
+
+
+def _readings_json(times: list[float]) -> str:
+    out = []
+    for name in NAMES:
+        readings, states, _, _ = run(build_model(site(*EVERY_FAULT), name), times)
+        out += [[name, r.time, [list(s) for s in r.series], [a.type for a in r.alarms_raised],
+                 list(r.alarms_cleared), st] for r, st in zip(readings, states)]
+    return json.dumps(out)
+
+
+def test_another_process_computes_identical_readings_with_every_fault():
+    times = grid(T0, T0 + 6 * 3600.0, 97.0)
+    script = ("import sys, json; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
+              "import test_sim_faults as f; print(f._readings_json(json.loads(sys.argv[3])))")
+    env = {**os.environ, "PYTHONHASHSEED": "4242"}
+    here = Path(__file__).resolve().parent
+    result = subprocess.run([sys.executable, "-c", script, str(here.parent), str(here), json.dumps(times)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    mine = json.loads(_readings_json(times))
+    assert json.loads(result.stdout) == mine
+    assert {alarm for row in mine for alarm in row[3]} == {
+        "c8ysim_InverterTrip", "c8ysim_CompressorFault", "c8ysim_GridOutage"}

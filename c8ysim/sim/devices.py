@@ -60,6 +60,7 @@ from c8ysim.sim.alarms import (CLIPPING_ALARM, COMPRESSOR_ALARM, CRITICAL, DEFRO
 from c8ysim.sim.energy import advance, integrate_kwh, read_registers
 from c8ysim.sim.household import Household, View
 from c8ysim.sim.phases import exact_parts, meter_flows
+from c8ysim.sim.scenarios import NO_FAULTS
 from c8ysim.sim.voltage import ALARM_HIGH_V, ALARM_LOW_V, NOMINAL_V, outside_band
 
 POWER_FACTOR = {"pv": 1.0, "heatpump": 0.95, "grid": 0.95}
@@ -124,6 +125,17 @@ def voltage_alarm(volts: Sequence[float]) -> Alarm | None:
                  f"Grid voltage {worst:.1f} V outside {ALARM_LOW_V:.0f}-{ALARM_HIGH_V:.0f} V")
 
 
+def fault_alarm(conditions: dict[str, Alarm | None], alarm: Alarm, active: bool,
+                before: set[str]) -> dict[str, Alarm | None]:
+    """`conditions` with a fault's alarm: raised while `active`, cleared once it is not (also
+    one left from a scenario the site no longer has); not evaluated while neither."""
+    if active:
+        conditions[alarm.type] = alarm
+    elif alarm.type in before:
+        conditions[alarm.type] = None
+    return conditions
+
+
 class DeviceModel:
     """Common step logic; subclasses say what the device measures."""
 
@@ -182,7 +194,7 @@ class DeviceModel:
     def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
         """The voltage alarm, except during a grid outage: then there is no voltage to be out
         of band (the meter's c8ysim_GridOutage says why), and the alarm is left as it was."""
-        if view.faults.outage:
+        if view.faults is not NO_FAULTS and view.faults.outage:
             return {}
         return {VOLTAGE_ALARM: voltage_alarm(view.volts)}
 
@@ -214,8 +226,10 @@ class PvModel(DeviceModel):
         clipping = last == view.t or (CLIPPING_ALARM in before and recent)
         text = f"Inverter clipping at {rating / 1000:.1f} kW"
         alarm = Alarm(CLIPPING_ALARM, WARNING, text) if clipping else None
-        return {**super().alarm_conditions(view, before, extra), CLIPPING_ALARM: alarm,
-                TRIP_ALARM: TRIPPED if self.spec.name in view.faults.tripped else None}
+        conditions = {**super().alarm_conditions(view, before, extra), CLIPPING_ALARM: alarm}
+        if view.faults is NO_FAULTS and TRIP_ALARM not in before:
+            return conditions
+        return fault_alarm(conditions, TRIPPED, self.spec.name in view.faults.tripped, before)
 
     def series(self, view: View, registers: dict[str, float]) -> list[Series]:
         pv = view.pv
@@ -243,9 +257,10 @@ class HeatPumpModel(DeviceModel):
         return {"defrost": view.heatpump.defrost}
 
     def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
-        broken = self.spec.name in view.faults.broken
-        return {**super().alarm_conditions(view, before, extra),
-                COMPRESSOR_ALARM: COMPRESSOR_FAULT if broken else None}
+        conditions = super().alarm_conditions(view, before, extra)
+        if view.faults is NO_FAULTS and COMPRESSOR_ALARM not in before:
+            return conditions
+        return fault_alarm(conditions, COMPRESSOR_FAULT, self.spec.name in view.faults.broken, before)
 
     def events(self, view: View, state: dict) -> tuple[Event, ...]:
         was = isinstance(state, dict) and state.get("defrost") is True
@@ -271,8 +286,10 @@ class GridMeterModel(DeviceModel):
         return meter_flows(view.grid_phase_w)
 
     def alarm_conditions(self, view: View, before: set[str], extra: dict) -> dict[str, Alarm | None]:
-        return {**super().alarm_conditions(view, before, extra),
-                OUTAGE_ALARM: GRID_OUTAGE if view.faults.outage else None}
+        conditions = super().alarm_conditions(view, before, extra)
+        if view.faults is NO_FAULTS and OUTAGE_ALARM not in before:
+            return conditions
+        return fault_alarm(conditions, GRID_OUTAGE, view.faults.outage, before)
 
     def flows_at(self, t: float) -> tuple[float, ...]:
         return meter_flows(self.household.grid_phases_w(t))

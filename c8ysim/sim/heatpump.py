@@ -175,7 +175,7 @@ class HeatPump:
     def output(self, t: float, weather: Weather, local: LocalTime) -> HpOutput:
         temp = weather.temp_c
         catching_up = False
-        if self._down is not None:
+        if self._down is not None and self._down.near(t):
             down = self._down_output(t, temp)
             if down is not None:
                 return down
@@ -198,7 +198,7 @@ class HeatPump:
 
     def power_w(self, t: float, weather: Weather, local: LocalTime) -> float:
         """`output(...).power_w` alone (what another device's phase balance needs)."""
-        if self._down is not None:
+        if self._down is not None and self._down.near(t):
             return self.output(t, weather, local).power_w
         if self.rated_w > 0.0 and self._hot_water(t, local):
             running = self.rated_w * DHW_POWER_FRACTION

@@ -119,6 +119,7 @@ class Household:
         self._hp_places = [self.placement[name] for name in self.heatpumps]
         self._pv_places = [self.placement[name] for name in self.pv]
         self.faults = SiteFaults(site)
+        self._no_faults = self.faults.none
         self._scopes: dict[str, Scope] = {}
         self._last: Snapshot | None = None
 
@@ -168,7 +169,7 @@ class Household:
         snapshot's: a phase's sum only ever adds the devices on that phase, in site order."""
         scope = self.scope(name)
         weather, local = self.weather.at(t), local_time(t, self.tz)
-        faults = self.faults.at(t)
+        faults = NO_FAULTS if self._no_faults else self.faults.at(t)
         own_pv = own_hp = None
         hp_w = []
         for other, pump in scope.pumps:
@@ -183,8 +184,12 @@ class Household:
             light = sky(haurwitz_ghi(sun.cos_zenith) * weather.clear_index, sun)
             for other, array in scope.arrays:
                 if other == name:
-                    own_pv = self._pv_output(name, array, light, weather, faults)
+                    own_pv = array.output_in(light, weather)
+                    if faults is not NO_FAULTS:
+                        own_pv = self._pv_output(name, array, light, weather, faults)
                     pv_w.append(own_pv.ac_w)
+                elif faults is NO_FAULTS:
+                    pv_w.append(array.ac_w_in(light, weather))
                 else:
                     pv_w.append(self._pv_w(other, array, light, weather, faults))
         phases = scope.phases
@@ -235,13 +240,13 @@ class Household:
         """An array's output; a tripped inverter (or one disconnected by an outage: anti-
         islanding) delivers nothing, its string open: the sun still shines on the modules."""
         out = array.output_in(light, weather)
-        if faults.outage or name in faults.tripped:
+        if faults is not NO_FAULTS and (faults.outage or name in faults.tripped):
             return PvOutput(0.0, 0.0, 0.0, out.poa_w_m2, out.cell_temp_c)
         return out
 
     @staticmethod
     def _pv_w(name: str, array: PvArray, light: Sky | None, weather: Weather, faults: Faults) -> float:
-        if faults.outage or name in faults.tripped:
+        if faults is not NO_FAULTS and (faults.outage or name in faults.tripped):
             return 0.0
         return array.ac_w_in(light, weather)
 

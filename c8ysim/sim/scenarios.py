@@ -14,8 +14,8 @@ after them, weather: forced day types). A pure function of (site, t) like the re
   t (a heat pump catching up after a fault, the air temperature relaxing after forced
   clouds). A daily window is found with the site's UTC offset at t (`clock.local_time`),
   as `Scenario.window` defines it: across a DST change a daily window lengthens or
-  shortens by the change. One-off windows are kept sorted and filtered per hour, so a
-  site with a hundred old windows costs a handful of comparisons per step.
+  shortens by the change. The scenarios that can matter are sorted out once per quarter
+  hour, so a site with a hundred old windows costs next to nothing per step.
 - `Faults`: the faults holding at one instant, as the household and the device models
   need them (`NO_FAULTS` for a site without any: one identity check per step).
 """
@@ -27,10 +27,11 @@ from typing import NamedTuple, Sequence
 
 from c8ysim.kinds import KINDS
 from c8ysim.sim.clock import local_time, zone
-from c8ysim.site import COMMS_LOSS, FAULT, WEATHER, WEATHER_KINDS, Scenario, Site
+from c8ysim.site import COMMS_LOSS, DAY_S, FAULT, WEATHER, WEATHER_KINDS, Scenario, Site
 
 INVERTER_TRIP, COMPRESSOR_FAULT, OUTAGE = "inverter_trip", "compressor_fault", "outage"
-SLOT_S = 3600.0  # one-off windows are filtered once per hour of t
+SLOT_S = 900.0  # the scenarios that may matter are sorted out once per quarter hour of t
+MARGIN_S = 1.0  # that test errs on the side of checking a scenario at t
 
 
 class Faults(NamedTuple):
@@ -77,22 +78,38 @@ class Window(NamedTuple):
 
 
 class Windows:
-    """The windows of `scenarios` near any t (see the module docstring)."""
+    """The windows of `scenarios` near any t (see the module docstring).
+
+    Per SLOT_S of t it keeps the scenarios that can have a window (plus memory) meeting the
+    slot, and the site's UTC offset if it is the same at both ends of the slot (zones change
+    their offset months apart); a step then checks only those, usually none. The test is
+    conservative (a second's margin), so the windows found are exactly `Scenario.window`'s
+    and `Scenario.last_end`'s, with the offset at t."""
 
     def __init__(self, scenarios: Sequence[Scenario], memory_s: float, timezone: str):
         self.memory_s = memory_s
         self._once = sorted((s for s in scenarios if s.start is not None), key=lambda s: s.start)
         self._daily = tuple(s for s in scenarios if s.start is None)
-        self._tz = zone(timezone) if self._daily else None
-        self._slot: tuple[int | None, tuple[Scenario, ...]] = (None, ())
+        self._tz = zone(timezone)
+        # (slot, one-off scenarios, daily ones, the slot's UTC offset or None)
+        self._slot: tuple = (None, (), (), None)
+        self._last: tuple[float | None, tuple[Window, ...]] = (None, ())
 
-    def near(self, t: float) -> list[Window]:
-        """The windows holding t or ended in (t - memory_s, t], by start (then site order)."""
-        found = [Window(s, s.start, s.start + s.duration_s) for s in self._slot_of(t)
+    def near(self, t: float) -> tuple[Window, ...]:
+        """The windows holding t or ended in (t - memory_s, t], by start (then site order).
+        Remembered for the t at hand (a device asks several times per step)."""
+        if self._last[0] == t:
+            return self._last[1]
+        slot = math.floor(t / SLOT_S) if math.isfinite(t) else None
+        if slot is None or self._slot[0] != slot:
+            self._slot = self._scan(slot, t)
+        _, once, daily, offset = self._slot
+        found = [Window(s, s.start, s.start + s.duration_s) for s in once
                  if s.start <= t < s.start + s.duration_s + self.memory_s]
-        if self._daily:
-            offset = local_time(t, self._tz).utc_offset_s
-            for s in self._daily:
+        if daily:
+            if offset is None:
+                offset = local_time(t, self._tz).utc_offset_s
+            for s in daily:
                 window = s.window(t, offset)
                 if window is not None:
                     found.append(Window(s, *window))
@@ -101,19 +118,33 @@ class Windows:
                 if end is not None and t - end < self.memory_s:
                     found.append(Window(s, end - s.duration_s, end))
             found.sort(key=lambda w: w.start)
-        return found
+        self._last = (t, tuple(found))
+        return self._last[1]
 
-    def _slot_of(self, t: float) -> tuple[Scenario, ...]:
-        """The one-off scenarios whose window (plus memory) meets t's hour."""
-        slot = math.floor(t / SLOT_S) if math.isfinite(t) else None
-        if slot is None or self._slot[0] != slot:
-            low, high = (slot * SLOT_S, (slot + 1) * SLOT_S) if slot is not None else (t, t)
-            near = tuple(s for s in self._once if s.start < high
-                         and s.start + s.duration_s + self.memory_s > low)
-            if slot is None:
-                return near
-            self._slot = (slot, near)
-        return self._slot[1]
+    def _scan(self, slot: int | None, t: float) -> tuple:
+        """(slot, the one-off and daily scenarios that may meet it, its UTC offset or None)."""
+        if slot is None:  # t is not finite: check everything at t itself
+            return (None, tuple(self._once), self._daily, None)
+        low, high = slot * SLOT_S, (slot + 1) * SLOT_S
+        once = tuple(s for s in self._once if s.start < high and s.start + s.duration_s + self.memory_s > low)
+        if not self._daily:
+            return (slot, once, (), None)
+        # `local_time` rounds t to microseconds, so a t just below `high` may read as `high`
+        first = local_time(low, self._tz).utc_offset_s
+        offset = first if local_time(high, self._tz).utc_offset_s == first else None
+        if offset is None:  # the offset changes inside the slot: every daily one, at t's offset
+            return (slot, once, self._daily, None)
+        lo, hi = low + offset - MARGIN_S, high + offset + MARGIN_S  # local seconds
+        daily = []
+        for s in self._daily:  # its windows begin at daily_at_s + k days, local seconds
+            reach = s.duration_s + self.memory_s + 2.0 * MARGIN_S
+            k = math.floor((hi - s.daily_at_s) / DAY_S)
+            while s.daily_at_s + k * DAY_S + reach > lo:
+                if s.daily_at_s + k * DAY_S < hi:
+                    daily.append(s)
+                    break
+                k -= 1
+        return (slot, once, tuple(daily), offset)
 
 
 class SiteFaults:
@@ -122,6 +153,11 @@ class SiteFaults:
     def __init__(self, site: Site):
         faults = [s for s in honoured(site) if s.what == FAULT]
         self._windows = Windows(faults, 0.0, site.timezone) if faults else None
+
+    @property
+    def none(self) -> bool:
+        """Whether the site has no fault scenario at all (then `at` is always NO_FAULTS)."""
+        return self._windows is None
 
     def at(self, t: float) -> Faults:
         if self._windows is None:

@@ -40,7 +40,7 @@ from functools import lru_cache
 from c8ysim.sim import Site
 from c8ysim.sim.clock import season_angle, solar_days, summerness, wrap_longitude
 from c8ysim.sim.noise import clamp, stream_key, uniform, value_noise
-from c8ysim.sim.scenarios import Window, Windows, honoured
+from c8ysim.sim.scenarios import Windows, honoured
 from c8ysim.site import WEATHER
 
 MEAN_AT_EQUATOR_C = 27.0
@@ -151,18 +151,17 @@ class WeatherModel:
         self._k_wind = key("wind")
         forced = [s for s in honoured(site) if s.what == WEATHER]
         self._forcing = Windows(forced, THERMAL_LAG_S, site.timezone) if forced else None
-        self._forced_memo: tuple[float | None, list[Window]] = (None, [])
 
     def at(self, t: float) -> Weather:
         kind = self.day_type(math.floor(solar_days(t, self.longitude)))
         temp, daily = self.temperatures_c(t)
-        if self._forcing is not None:
+        if self._forcing is not None and self._forcing.near(t):
             return self._forced_at(t, kind, temp, daily)
         return Weather(temp, daily, self.clear_index(t, kind), self.wind_m_s(t), kind)
 
     def _forced_at(self, t: float, kind: str, temp: float, daily: float) -> Weather:
         k = self.clear_index(t, kind)
-        for window in self._forced(t):
+        for window in self._forcing.near(t):
             if window.holds(t):
                 forced = FORCED_DAY_TYPES[window.scenario.name]
                 edge = min(CLOUD_EDGE_S, (window.end - window.start) / 4.0)
@@ -170,12 +169,6 @@ class WeatherModel:
                 k = k * (1.0 - w) + self.clear_index(t, forced) * w
                 kind = forced
         return Weather(temp, daily, clamp(k, K_MIN, K_MAX), self.wind_m_s(t), kind)
-
-    def _forced(self, t: float) -> list[Window]:
-        """The weather windows near t (remembered for the t at hand: `at` asks twice)."""
-        if self._forced_memo[0] != t:
-            self._forced_memo = (t, self._forcing.near(t))
-        return self._forced_memo[1]
 
     def day_type(self, day: int) -> str:
         return _day_type(self._k_day, day, self.latitude, self.longitude)
@@ -188,7 +181,7 @@ class WeatherModel:
         natural = CLEARNESS[self.day_type(day)] * (1.0 - w) + CLEARNESS[self.day_type(day + 1)] * w
         if self._forcing is None:
             return natural
-        for window in self._forced(t):  # the air follows forced clouds with a lag
+        for window in self._forcing.near(t):  # the air follows forced clouds with a lag
             full = _smoothstep(min(1.0, (window.end - window.start) / THERMAL_LAG_S))
             if window.holds(t):
                 weight = _smoothstep(min(1.0, (t - window.start) / THERMAL_LAG_S))
