@@ -29,6 +29,7 @@ HOST_PLACEHOLDER = "{host}"  # in external_id: this machine's ID (c8ysim.hostid)
 DEFAULT_EXTERNAL_ID = "c8ysim-" + HOST_PLACEHOLDER + "-{name}"  # unique per machine and device
 CONFIG_ENV_VAR = "C8YSIM_CONFIG"
 MIN_INTERVAL_S = 0.1
+MAX_DEVICES_PER_PROCESS = 1000
 MAX_INT = 2**63  # larger numbers are typos, and would not convert to float
 EXTERNAL_ID_PLACEHOLDER = checks.EXTERNAL_ID_PLACEHOLDER
 MAX_SCENARIO_DELAY_S = 365 * DAY_S  # `after:` at most a year on
@@ -132,6 +133,9 @@ class SupervisorConfig:
     heartbeat_timeout_s: float = 30.0  # a child silent this long is stuck: TERM it
     kill_grace_s: float = 5.0  # after TERM, wait this long before KILL
     stop_timeout_s: float = 8.0  # on stop, children get this long before KILL
+    # Devices per child process (scale mode): 1 is a process per device; N > 1 runs the
+    # devices in groups of N (config order), one loop per group (`c8ysim.group`).
+    devices_per_process: int = 1
 
 
 @dataclass(frozen=True)
@@ -408,9 +412,15 @@ class _Reader:
         items = self.section(top, "supervisor", tuple(SupervisorConfig.__dataclass_fields__))
         defaults = SupervisorConfig()
         return SupervisorConfig(**{
-            key: float(self.value(items, key, "supervisor", float, getattr(defaults, key),
-                                  checks.in_range(0.1, 3600)))
+            key: self._supervisor_value(items, key, getattr(defaults, key))
             for key in SupervisorConfig.__dataclass_fields__})
+
+    def _supervisor_value(self, items: dict, key: str, default):
+        if isinstance(default, int):  # devices_per_process: a count, kept an int
+            return int(self.value(items, key, "supervisor", int, default,
+                                  checks.in_range(1, MAX_DEVICES_PER_PROCESS)))
+        return float(self.value(items, key, "supervisor", float, default,
+                                checks.in_range(0.1, 3600)))
 
     def site(self, top: dict) -> Site:
         items = self.section(top, "site", ("latitude", "longitude", "timezone", "seed"))

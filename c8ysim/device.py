@@ -53,11 +53,23 @@ class _Stop:
 
 
 class Device:
+    """One device: its model, buffer, Control and uplink, and the steps of its loop.
+
+    Alone in its process, `run()` is the loop. In a group process (`c8ysim.group`) the
+    group's loop calls `schedule()`, `turn()`, `wake_in()` and `dispatch()` instead, and
+    hands in `events`: the device's `Inbox` on the group's shared queue, and `beat_fields`:
+    what the group adds to each heartbeat (the device's name and lifecycle).
+    """
+
     def __init__(self, config: Config, device: DeviceConfig, buffer: Buffer,
-                 heartbeat: socket.socket | None, parent_pid: int):
+                 heartbeat: socket.socket | None, parent_pid: int, events=None,
+                 beat_fields=None):
         self.config, self.device, self.buffer = config, device, buffer
         self.heartbeat, self.parent_pid = heartbeat, parent_pid
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        # what the uplink's paho thread puts its events on: our own queue, or an Inbox
+        self.events = queue.SimpleQueue() if events is None else events
+        self.beat_fields = beat_fields  # () -> dict, or None
+        self.next_tick = self.next_heartbeat = 0.0
         self.control = Control(config, device, self.reading_now, self.status_text)
         self.model = sim.build_model(self.control.site, device.name)
         self.configuration = self.control.configuration()
@@ -201,6 +213,9 @@ class Device:
             if isinstance(status.get(key), int):
                 self.carried[key] = self.carried.get(key, 0) + status[key]
         uplink.close()  # joins paho's thread: no event of it arrives after this
+        if not isinstance(self.events, queue.SimpleQueue):  # an Inbox on the group's queue:
+            self.events = self.events.fresh()  # what the old one still holds is dropped
+            return
         pending = []
         while True:
             try:
@@ -227,50 +242,64 @@ class Device:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(_Stop()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor too
-        next_tick = time.monotonic() + _until_next_slot_s(self.control.interval_s)
-        next_heartbeat = 0.0
+        self.schedule(time.monotonic())
         while self.running:
-            now = time.monotonic()
-            if self._follow_control():  # a new interval: its next slot, unless one is due
-                next_tick = min(next_tick, now + _until_next_slot_s(self.control.interval_s))
-            if now >= next_tick:
-                self.tick()
-                # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
-                # the interval: all devices read at the same timestamps, and a jump of the
-                # wall clock never stalls or bursts the loop.
-                next_tick = now + _until_next_slot_s(self.control.interval_s)
-            self._follow_outage(time.time(), now)
-            self._poll_uplink(time.monotonic())
-            if self.session and self.session.operations.restart_requested:
-                log.info("restarting the device for its c8y_Restart operation")
+            if self.turn(time.monotonic()):
                 self.close()
                 return exits.RESTART
-            if now >= next_heartbeat:
-                self.send_heartbeat()
-                next_heartbeat = now + HEARTBEAT_INTERVAL_S
-            self._wait(min(next_tick, next_heartbeat) - time.monotonic())
+            self._wait(self.wake_in(time.monotonic()))
             if os.getppid() != self.parent_pid:
                 log.error("the supervisor is gone; exiting")
                 self.running = False
         self.close()
         return exits.OK
 
-    def _wait(self, seconds: float) -> None:
-        timeout = min(max(seconds, 0.0), MAX_WAIT_S)
-        if self.uplink and (wake := self.uplink.wakeup_in(time.monotonic())) is not None:
+    def schedule(self, now: float) -> None:
+        """Plan the first reading (at the next slot) and a heartbeat right away."""
+        self.next_tick = now + _until_next_slot_s(self.control.interval_s)
+        self.next_heartbeat = 0.0
+
+    def turn(self, now: float) -> bool:
+        """One turn of the loop's work; True when a c8y_Restart asks for a restart."""
+        if self._follow_control():  # a new interval: its next slot, unless one is due
+            self.next_tick = min(self.next_tick,
+                                 now + _until_next_slot_s(self.control.interval_s))
+        if now >= self.next_tick:
+            self.tick()
+            # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
+            # the interval: all devices read at the same timestamps, and a jump of the
+            # wall clock never stalls or bursts the loop.
+            self.next_tick = now + _until_next_slot_s(self.control.interval_s)
+        self._follow_outage(time.time(), now)
+        self._poll_uplink(time.monotonic())
+        if self.session and self.session.operations.restart_requested:
+            log.info("restarting the device for its c8y_Restart operation")
+            return True
+        if now >= self.next_heartbeat:
+            self.send_heartbeat()
+            self.next_heartbeat = now + HEARTBEAT_INTERVAL_S
+        return False
+
+    def wake_in(self, now: float) -> float:
+        """Seconds until this device has work to do (at most MAX_WAIT_S)."""
+        timeout = min(max(min(self.next_tick, self.next_heartbeat) - now, 0.0), MAX_WAIT_S)
+        if self.uplink and (wake := self.uplink.wakeup_in(now)) is not None:
             timeout = min(timeout, wake)
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
         try:
             event = self.events.get(timeout=timeout)
         except queue.Empty:
             return
         while True:
-            self._dispatch(event)
+            self.dispatch(event)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
 
-    def _dispatch(self, event) -> None:
+    def dispatch(self, event) -> None:
         if isinstance(event, _Stop):
             log.info("stopping")
             self.running = False
@@ -362,7 +391,7 @@ class Device:
             quarantined=stats.quarantined, lost=stats.lost, degraded=stats.degraded,
             buffer_backend=stats.backend, last_reading=self.last_reading, units=self.units,
             faults=self.control.faults(time.time()), overrides=self.control.overrides or None,
-            **self._uplink_status())
+            **self._uplink_status(), **(self.beat_fields() if self.beat_fields else {}))
         try:
             self.heartbeat.send(beat.encode())
         except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):

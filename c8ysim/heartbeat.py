@@ -60,6 +60,11 @@ class Heartbeat:
     drain_rate: float | None = None  # lines/s a backlog drains at now (lower after throttling)
     faults: list | None = None  # active faults and forced weather: [[name, device, end], ...]
     overrides: dict | None = None  # settings set from Cumulocity: {"peak_kw": 8.0, ...}
+    # Only from a group process (scale mode), which beats once a second for each device:
+    device: str | None = None  # whose beat this is
+    # the device's own lifecycle in its group: {"state": "running"|"backoff"|"fatal",
+    # "restarts": n, "last_exit": str|None, "retry_in_s": s|None}
+    member: dict | None = None
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -75,11 +80,20 @@ class Heartbeat:
             raise ValueError(f"not a heartbeat: {exc}") from None
 
 
+# How a group's beat is routed; the supervisor reads them, the device view does not show them.
+ROUTING_FIELDS = ("device", "member")
+VIEWED_BEAT_FIELDS = tuple(f.name for f in dataclasses.fields(Heartbeat)
+                           if f.name not in ROUTING_FIELDS)
+
 # A device's fields before its first beat: unknown (shown as such), not zero.
-UNKNOWN = {**dict.fromkeys(f.name for f in dataclasses.fields(Heartbeat)), "connected": False}
+UNKNOWN = {**dict.fromkeys(VIEWED_BEAT_FIELDS), "connected": False}
 
 # The device view of /api/status: the beat's fields, then what the supervisor adds.
 SUPERVISOR_FIELDS = ("name", "type", "external_id", "state", "restarts", "last_exit",
                      "retry_in_s")
-DEVICE_VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(Heartbeat)) | \
-    frozenset(SUPERVISOR_FIELDS)
+DEVICE_VIEW_FIELDS = frozenset(VIEWED_BEAT_FIELDS) | frozenset(SUPERVISOR_FIELDS)
+
+
+def viewed(beat: Heartbeat) -> dict:
+    """The beat's fields as the device view shows them (without the routing fields)."""
+    return {k: v for k, v in dataclasses.asdict(beat).items() if k not in ROUTING_FIELDS}

@@ -165,3 +165,18 @@ def setup(level: str, source: str) -> None:
         root.addHandler(handler)
     if root.level != logging.getLevelName(level.upper()):
         root.setLevel(level.upper())
+
+
+def speak_as(source: str) -> None:
+    """Name `source` on the lines logged from now on (a group process: the device at work)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, SyslogPrefixFormatter):
+            handler.formatter.source = source
+
+
+def current_source() -> str | None:
+    """The source the lines name now (None: logging is not set up by `setup`)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, SyslogPrefixFormatter):
+            return handler.formatter.source
+    return None

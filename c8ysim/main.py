@@ -89,7 +89,7 @@ def _run(args) -> int:
         return exits.CONFIG
     logs.setup(cfg.log_level, "supervisor")
     # Import the device side here, before any fork: the children share these pages.
-    from c8ysim import device, notify, supervisor
+    from c8ysim import group, notify, supervisor
     from c8ysim.status.deferred import DeferredApp  # bottle comes with the first request
     from c8ysim.storage import ledger, memory, sqlite, tiered  # noqa: F401 - preloaded likewise
     # Connecting resolves the host name through the idna codec, which imports stringprep's
@@ -102,7 +102,7 @@ def _run(args) -> int:
     from c8ysim import warmup
     warmup.warm_up(cfg)
     try:
-        agent = supervisor.Supervisor(cfg, device.run_child, DeferredApp, config.load,
+        agent = supervisor.Supervisor(cfg, group.run_child, DeferredApp, config.load,
                                       notify.Notifier())
         return agent.run()
     except OSError as exc:  # e.g. the status port is taken

@@ -7,6 +7,18 @@ systemd. It forks one child per device; what a child runs comes in as `run_child
 module imports nothing that opens a connection (fork safety by construction). What happens to
 a child on each event is decided by the pure state machine in `c8ysim.states`; this module
 only carries the decisions out.
+
+Scale mode (`supervisor.devices_per_process: N` > 1): a child is a group of N devices in
+config order (`groups`), one process and one loop for them all (`c8ysim.group` says what
+they share). The state machine then runs per process, and the group runs it per device
+inside (a device's c8y_Restart, or its failure, stays in the group). Per device here: its
+heartbeats (each carries its name), its view on the status page, its history and restarts,
+and its watchdog: a device whose beats stop while its group process lives means the
+group's loop is stuck, so the group (all its devices) is terminated and restarted, and the
+journal says so. On reload a group restarts as a whole when one of its devices changed, is
+FATAL, or when its list of devices changed (a device added or removed before or in it
+regroups the devices after it); a new group is forked only once no process still running
+holds one of its devices, so a device never runs twice.
 """
 
 from __future__ import annotations
@@ -49,8 +61,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Member:
+    """What the supervisor knows about one device of a group (scale mode)."""
+
+    name: str
+    beat: Heartbeat | None = None  # the last one since its group's process started
+    last_beat_at: float = 0.0
+    restarts: int = 0  # its group's restarts, and its own within its group
+    seen_restarts: int = 0  # its own restarts as its group's process last counted them
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
+    history_keys: tuple = ()
+
+    def remember(self, reading: dict | None) -> None:
+        Child.remember(self, reading)  # the same bookkeeping: the same fields
+
+    def recent_readings(self) -> list[dict]:
+        return Child.recent_readings(self)
+
+
+@dataclass
 class Child:
-    """What the supervisor knows about one device's process."""
+    """What the supervisor knows about one child process: a device, or a group of them."""
 
     name: str
     state: ChildState = ChildState.EXITED
@@ -70,6 +101,10 @@ class Child:
     # same series: a dict per entry, as the heartbeat decodes it, took ~1.3 kB; this ~0.4 kB.
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
     history_keys: tuple = ()
+    members: tuple[str, ...] = ()  # a group's devices (scale mode); () is the device `name`
+    units: dict = field(default_factory=dict)  # a group's {device name: Member}
+    forked_members: tuple[str, ...] = ()  # the devices its running process was given
+    waiting: bool = False  # to be forked once no other process holds one of its devices
 
     def remember(self, reading: dict | None) -> None:
         """Keep `reading` in the bounded history if it is new enough to be worth a point."""
@@ -119,11 +154,11 @@ class Supervisor:
         """Start every device, tell systemd we are ready, loop until stopped; exit code."""
         self._install_signals()
         self.server = self._bind_status(self.config)
-        for device in self.config.devices:
-            self._add(device.name)
+        for name, members in groups(self.config).items():
+            self._add(name, members)
         self.notifier.notify("READY=1")
-        log.log(logs.NOTICE, "started %d devices; status page on http://%s:%d/", len(self.children),
-                 self.server.host, self.server.port)
+        log.log(logs.NOTICE, "started %d devices%s; status page on http://%s:%d/",
+                self._device_count(), self._in_groups(), self.server.host, self.server.port)
         while self.children or self.stopping_since is None:
             self._turn()
         self._close_server()
@@ -193,16 +228,30 @@ class Supervisor:
             self._send_kill(child)
         elif step.action is Action.WAIT:
             child.next_start_at, child.restarts = now + step.delay_s, child.restarts + 1
+            for unit in child.units.values():
+                unit.restarts += 1
             log.warning("%s exited (%s); restarting in %.1f s", child.name, child.last_exit,
                         step.delay_s)
 
-    def _add(self, name: str) -> None:
+    def _add(self, name: str, members: tuple[str, ...] = ()) -> None:
         self.children[name] = Child(name)
+        self._regroup(self.children[name], members)
         self._fire(self.children[name], Event.START)
+
+    def _regroup(self, child: Child, members: tuple[str, ...]) -> None:
+        """Give a group its devices (kept: the history and restarts of those it had)."""
+        child.members = members
+        child.units = {name: child.units.get(name) or Member(name) for name in members}
 
     def _retire(self, child: Child, plan: str) -> None:
         """Stop `child`, then respawn it (changed config) or forget it (removed, shutdown)."""
         child.plan = plan
+        if child.waiting:  # never forked: nothing to stop
+            child.waiting = False
+            self._fire(child, Event.STOP)
+            self._fire(child, Event.STOPPED)
+            self._after_stop(child)
+            return
         self._fire(child, Event.STOP)
         if child.state is ChildState.EXITED:  # it had no process to stop
             self._after_stop(child)
@@ -217,10 +266,14 @@ class Supervisor:
     # -- processes --------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
+        if self._held_elsewhere(child):
+            child.waiting = True  # STARTING without a process until `_start_due` forks it
+            return
+        child.waiting = False
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         parent_end.setblocking(False)
         child_end.setblocking(False)
-        pid = self._fork(child.name, parent_end, child_end)
+        pid = self._fork(child, parent_end, child_end)
         child_end.close()
         if pid is None:
             parent_end.close()
@@ -230,10 +283,22 @@ class Supervisor:
         now = time.monotonic()
         child.pid, child.sock, child.started_at, child.last_beat_at = pid, parent_end, now, now
         child.term_sent_at, child.kill_sent, child.beat = None, False, None
+        child.forked_members = child.members
+        for unit in child.units.values():
+            unit.beat, unit.last_beat_at, unit.seen_restarts = None, now, 0
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._read_beats(child))
         log.log(logs.NOTICE, "started %s (pid %d)", child.name, pid)
 
-    def _fork(self, name: str, parent_end: socket.socket, child_end: socket.socket) -> int | None:
+    def _held_elsewhere(self, child: Child) -> bool:
+        """Whether another process still runs one of the devices of `child` (after a
+        reload regrouped them: the old process may still be stopping)."""
+        mine = set(child.members or (child.name,))
+        return any(other.pid is not None and mine & set(other.forked_members
+                                                                      or (other.name,))
+                                  for other in self.children.values() if other is not child)
+
+    def _fork(self, child: Child, parent_end: socket.socket,
+              child_end: socket.socket) -> int | None:
         """fork(); the child runs `run_child` and never returns here. None: fork failed."""
         gc.collect()
         # Frozen objects are never touched by the cyclic GC, in the children nor here: the
@@ -246,17 +311,17 @@ class Supervisor:
         try:
             pid = os.fork()
         except OSError as exc:  # out of memory or of processes: a death like any other
-            log.error("cannot fork %s: %s", name, exc)
+            log.error("cannot fork %s: %s", child.name, exc)
             pid = None
         if pid == 0:
             parent_end.close()
-            self._become_child(name, child_end, mask)
+            self._become_child(child, child_end, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
 
-    def _become_child(self, name: str, heartbeat: socket.socket, mask) -> None:
+    def _become_child(self, child: Child, heartbeat: socket.socket, mask) -> None:
         """Runs in the forked child and never returns."""
-        code = 1
+        code, name = 1, child.name
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -268,7 +333,7 @@ class Supervisor:
             self._close_inherited()
             logs.setup(self.config.log_level, name)
             processes.set_process_name(f"c8ysim:{name}")
-            code = self.run_child(self.config, name, heartbeat, self.pid)
+            code = self.run_child(self.config, child.members or name, heartbeat, self.pid)
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child
             logging.getLogger(__name__).exception("child %s failed", name)
         finally:
@@ -299,11 +364,29 @@ class Supervisor:
             except ValueError:
                 log.warning("unreadable heartbeat from %s", child.name)
                 continue
-            child.beat, child.last_beat_at = beat, time.monotonic()
-            child.remember(beat.last_reading)
+            child.last_beat_at = time.monotonic()
+            if child.members:
+                if not self._file_beat(child, beat):
+                    continue
+            else:
+                child.beat = beat
+                child.remember(beat.last_reading)
             if child.state is ChildState.STARTING:
                 log.info("%s running (pid %s)", child.name, child.pid)
             self._fire(child, Event.BEAT)
+
+    def _file_beat(self, child: Child, beat: Heartbeat) -> bool:
+        """File a group's beat under its device; False when it names none of the group's."""
+        unit = child.units.get(beat.device) if beat.device in child.forked_members else None
+        if unit is None:
+            return False
+        unit.beat, unit.last_beat_at = beat, child.last_beat_at
+        unit.remember(beat.last_reading)
+        own = (beat.member or {}).get("restarts")
+        if isinstance(own, int) and own > unit.seen_restarts:  # in its group: c8y_Restart, ...
+            unit.restarts += own - unit.seen_restarts
+            unit.seen_restarts = own
+        return True
 
     def _reap(self) -> None:
         while True:
@@ -340,6 +423,9 @@ class Supervisor:
             if child.state is ChildState.BACKOFF and now >= child.next_start_at:
                 self._next_stagger_at = now + START_STAGGER_S
                 self._fire(child, Event.START)
+            elif child.waiting and not self._held_elsewhere(child):
+                self._next_stagger_at = now + START_STAGGER_S
+                self._spawn(child)
 
     def _check_children(self, now: float) -> None:
         """KILL children whose grace is over; TERM children whose heartbeat went stale."""
@@ -350,10 +436,23 @@ class Supervisor:
                 if not child.kill_sent and now - child.term_sent_at > grace:
                     log.error("%s did not stop within %.1f s; killing it", child.name, grace)
                     self._fire(child, Event.GRACE_OVER)
+            elif child.pid and child.members:
+                self._check_group(child, now, timeouts.heartbeat_timeout_s)
             elif child.pid and now - child.last_beat_at > timeouts.heartbeat_timeout_s:
                 log.error("%s sent no heartbeat for %.1f s; terminating it", child.name,
                           now - child.last_beat_at)
                 self._fire(child, Event.STALE)
+
+    def _check_group(self, child: Child, now: float, timeout_s: float) -> None:
+        """A device of a live group that stopped beating: the group's loop is stuck."""
+        silent = [u for u in child.units.values() if now - u.last_beat_at > timeout_s]
+        if not silent:
+            return
+        log.error("%s sent no heartbeat for %.1f s while its group's process %s (pid %d) "
+                  "lives: the group is stuck; terminating it, with its devices %s",
+                  silent[0].name, now - silent[0].last_beat_at, child.name, child.pid,
+                  ", ".join(child.members))
+        self._fire(child, Event.STALE)
 
     def _send_term(self, child: Child, now: float) -> None:
         if child.pid is not None and child.term_sent_at is None:
@@ -371,7 +470,7 @@ class Supervisor:
         """SIGTERM/SIGINT: TERM every child, KILL what is left after stop_timeout_s, exit 0."""
         if self.stopping_since is not None:
             return
-        log.log(logs.NOTICE, "stopping %d devices", len(self.children))
+        log.log(logs.NOTICE, "stopping %d devices", self._device_count())
         self.notifier.notify("STOPPING=1")
         self.stopping_since = time.monotonic()
         for child in list(self.children.values()):
@@ -401,19 +500,24 @@ class Supervisor:
         new = self.config
         logs.setup(new.log_level, "supervisor")
         removed, changed, added = diff(old, new)
-        for name in removed:
-            self._retire(self.children[name], REMOVE)
-        for name in changed:
-            self._retire(self.children[name], RESPAWN)
+        wanted = groups(new)
+        for name, child in list(self.children.items()):
+            members = wanted.get(name)
+            if members is None:
+                self._retire(child, REMOVE)
+            elif (members != child.members or set(changed) & set(members or (name,))
+                  or self._has_fatal_unit(child)):
+                self._regroup(child, members)
+                self._retire(child, RESPAWN)
+            elif child.plan == REMOVE:  # removed by an earlier reload, not yet gone
+                child.plan = RESPAWN
         for child in list(self.children.values()):
             if child.state in IDLE:
                 log.info("%s: retrying after the reload", child.name)
             self._fire(child, Event.RELOAD)
-        for name in added:
-            if name in self.children:  # removed by an earlier reload, not yet gone
-                self.children[name].plan = RESPAWN
-            else:
-                self._add(name)
+        for name, members in wanted.items():
+            if name not in self.children:
+                self._add(name, members)
         log.log(logs.NOTICE, "reloaded %s: %d devices (%d added, %d removed, %d changed)", new.path,
                  len(new.devices), len(added), len(removed), len(changed))
 
@@ -497,7 +601,10 @@ class Supervisor:
     def history(self, name: str) -> list[dict] | None:
         """Recent readings of device `name`, oldest first (None: no such device)."""
         child = self.children.get(name)
-        return None if child is None else child.recent_readings()
+        if child is not None and not child.members:
+            return child.recent_readings()
+        unit = next((c.units[name] for c in self.children.values() if name in c.units), None)
+        return None if unit is None else unit.recent_readings()
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_turn < HEALTHY_LOOP_LAG_S
@@ -509,12 +616,18 @@ class Supervisor:
                       "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
                       "config": self.config.path,
                       "uplink": f"{c8y.host}:{c8y.port}" if c8y else "not configured"},
-            "devices": [self._device_status(c) for c in self.children.values()],
+            "devices": self._views(),
         }
+
+    def _views(self) -> list[dict]:
+        """One view per device, in config order (a group's devices in its place)."""
+        return [view for child in self.children.values()
+                for view in ([self._member_status(child, name) for name in child.members]
+                             if child.members else [self._device_status(child)])]
 
     def _device_status(self, child: Child) -> dict:
         device = next((d for d in self.config.devices if d.name == child.name), None)
-        view = {**(dataclasses.asdict(child.beat) if child.beat else heartbeat.UNKNOWN),
+        view = {**(heartbeat.viewed(child.beat) if child.beat else heartbeat.UNKNOWN),
                 "name": child.name, "type": device.type if device else None,
                 "external_id": device.external_id if device else None,
                 "state": child.state.value, "pid": child.pid, "restarts": child.restarts,
@@ -524,6 +637,39 @@ class Supervisor:
         if child.pid is None:
             view["connected"] = False
         return view
+
+    def _member_status(self, child: Child, name: str) -> dict:
+        """A group's device: its own beat; its state is its group's, or, while the group
+        runs, its own in the group (starting until its first beat, backoff, fatal)."""
+        unit = child.units[name]
+        device = next((d for d in self.config.devices if d.name == name), None)
+        life = (unit.beat.member if unit.beat else None) or {}
+        state = child.state.value
+        if child.state is ChildState.RUNNING:
+            state = life.get("state") or ChildState.STARTING.value
+        view = {**(heartbeat.viewed(unit.beat) if unit.beat else heartbeat.UNKNOWN),
+                "name": name, "type": device.type if device else None,
+                "external_id": device.external_id if device else None,
+                "state": state, "pid": child.pid, "restarts": unit.restarts,
+                "last_exit": life.get("last_exit") or child.last_exit}
+        if child.state is ChildState.BACKOFF:
+            view["retry_in_s"] = round(max(0.0, child.next_start_at - time.monotonic()), 1)
+        elif life.get("retry_in_s") is not None:
+            view["retry_in_s"] = life["retry_in_s"]
+        if child.pid is None or state != ChildState.RUNNING.value:
+            view["connected"] = False
+        return view
+
+    def _has_fatal_unit(self, child: Child) -> bool:
+        return any((u.beat.member or {}).get("state") == ChildState.FATAL.value
+                   for u in child.units.values() if u.beat)
+
+    def _device_count(self) -> int:
+        return sum(len(c.members) or 1 for c in self.children.values())
+
+    def _in_groups(self) -> str:
+        count = sum(1 for c in self.children.values() if c.members)
+        return f" in {count} processes" if count else ""
 
     # -- systemd --------------------------------------------------------------------------
 
@@ -541,12 +687,12 @@ class Supervisor:
 
     def _status_line(self) -> str:
         if self.stopping_since is not None:
-            return f"stopping, {len(self.children)} devices left"
-        beats = [c.beat for c in self.children.values() if c.pid is not None and c.beat]
-        online = sum(1 for b in beats if b.connected)
-        queued = sum(b.queued or 0 for b in beats)
-        fatal = sum(1 for c in self.children.values() if c.state is ChildState.FATAL)
-        line = f"{online}/{len(self.children)} devices online, {queued} queued"
+            return f"stopping, {self._device_count()} devices left"
+        views = self._views()
+        online = sum(1 for v in views if v["connected"])
+        queued = sum(v["queued"] or 0 for v in views if v["pid"] is not None)
+        fatal = sum(1 for v in views if v["state"] == ChildState.FATAL.value)
+        line = f"{online}/{len(views)} devices online, {queued} queued"
         return line + (f", {fatal} fatal" if fatal else "")
 
 
@@ -570,6 +716,18 @@ def diff(old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
     changed_names = [n for n in old_devices if n in new_devices and changed(n)]
     added = [n for n in new_devices if n not in old_devices]
     return removed, changed_names, added
+
+
+def groups(config: Config) -> dict[str, tuple[str, ...]]:
+    """{child name: its devices}: with `devices_per_process` 1 a child per device, named
+    after it, with () (the device is the name); else groups of N devices in config order,
+    "group-1", "group-2", ... (the last one may be smaller)."""
+    size = config.supervisor.devices_per_process
+    names = [d.name for d in config.devices]
+    if size <= 1:
+        return dict.fromkeys(names, ())
+    return {f"group-{i // size + 1}": tuple(names[i:i + size])
+            for i in range(0, len(names), size)}
 
 
 def _shared_settings(config: Config) -> tuple:
