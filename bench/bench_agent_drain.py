@@ -15,7 +15,8 @@ the same path, and every figure is also given as a ratio to it.
     .venv/bin/python bench/bench_agent_drain.py [--interval 2] [--window 20]
                                                 [--cases 0:100,0:1000,0:0,50:1000,50:0]
 
-A case is RTT_MS:MAX_LINES_PER_S, 0 for the rate meaning the most the config takes (100000). Figures only:
+A case is RTT_MS:MAX_LINES_PER_S, 0 for the rate meaning the most the config takes
+(100000). Figures only:
 the machine is shared. `--markdown FILE` writes the table.
 """
 

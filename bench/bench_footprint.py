@@ -61,7 +61,7 @@ AGENT_IMPORT = ("import c8ysim.main, c8ysim.device, c8ysim.status.deferred, c8ys
                 "c8ysim.supervisor, c8ysim.warmup, c8ysim.sim.devices")
 SESSION_DRAIN_ARGS = ["--rows", "20000", "--backends", "sqlite"]
 AGENT_DRAIN_ARGS = ["--interval", "2", "--window", "15",
-                    "--cases", "0:100,0:1000,0:10000,0:0,50:1000,50:10000,50:0"]
+                    "--cases", "0:100,0:1000,0:10000,0:0,50:100,50:1000,50:10000,50:0"]
 DRAIN_TIMEOUT_S = 400
 CPU_INTERVAL_S = 1.0
 
@@ -534,7 +534,8 @@ def drain_lines(agent: AgentDrain | None, session: str | None) -> list[str]:
     lines += (["```", agent.text, "```"] if agent else
               ["`bench_agent_drain.py` did not finish in this run."])
     lines += ["", "`Session` alone, pacing off (`bench/bench_drain.py "
-              + " ".join(SESSION_DRAIN_ARGS) + "`; the full run, 100 000 rows from SQLite and PostgreSQL, is `make bench-storage`):", ""]
+              + " ".join(SESSION_DRAIN_ARGS) + "`; the full run, 100 000 rows from SQLite "
+              "and PostgreSQL, is `make bench-storage`):", ""]
     lines += ["```", session, "```"] if session else ["It did not finish in this run."]
     return lines
 
