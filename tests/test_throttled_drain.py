@@ -19,7 +19,7 @@ LIMIT_LINES_PER_S = 60  # the tenant's "Limit stream requests", over all devices
 QUEUE_LINES = 120  # its "Limit stream queue"
 MAX_LINES_PER_S = 100  # cumulocity.max_lines_per_s: the site's budget, over the limit
 BACKLOG = 400  # readings a device, 10 s apart, ending before the agent starts
-SESSION_TEMPLATES = {"100", "110", "112", "114", "117", "500"}
+SESSION_TEMPLATES = {"100", "110", "112", "113", "114", "117", "500"}
 
 
 def queue_backlog(state, name: str) -> list[list[str]]:
