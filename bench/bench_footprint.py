@@ -466,6 +466,12 @@ def machine() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                  "--untracked-files=no", "--", "c8ysim"],
+                                 capture_output=True, text=True, timeout=10).stdout.split("\n")
+        changed = sorted({line[3:] for line in changed if line.strip()})
+        if commit and changed:
+            commit += " with uncommitted changes to " + ", ".join(changed)
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
     return {"nproc": str(os.cpu_count()), "model": model, "kernel": platform.release(),
