@@ -21,6 +21,7 @@ $(VENV_OK): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m compileall -q c8ysim  # an editable install is not byte-compiled
 	touch $@
 
 # Debian packages: venv support for the Python in use (a pyenv Python has its own), and

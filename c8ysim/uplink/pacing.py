@@ -39,10 +39,11 @@ class TokenBucket:
         self._refill(now)
         self.tokens -= lines
 
-    def wait_s(self, now: float) -> float:
-        """Seconds until at least one line may be sent."""
+    def wait_s(self, now: float, lines: int = 1) -> float:
+        """Seconds until at least `lines` lines (at most a second's worth) may be sent."""
         self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate_per_s
+        lines = min(lines, max(1.0, self.rate_per_s))
+        return 0.0 if self.tokens >= lines else (lines - self.tokens) / self.rate_per_s
 
     def set_rate(self, rate_per_s: float, now: float) -> None:
         """From now on refill at `rate_per_s`; the burst shrinks with it at once."""

@@ -65,6 +65,12 @@ from c8ysim.uplink.transport import (
     Published, Subscribed, TlsSetupError, invalid_topic)
 
 WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large windows
+# A paced backlog leaves in publishes about this far apart, each with the lines the rate
+# allows in that time (at most DRAIN_BATCH_LINES): sent a line at a time as tokens come,
+# every line took a publish, a PUBACK and a commit of its own (issue 18: 1000 lines/s cost
+# half a core, 30 x the CPU per line of an unpaced drain).
+DRAIN_BATCH_S = 0.1
+DRAIN_BATCH_LINES = 64
 ROWS_PER_PEEK = 500
 BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
@@ -132,6 +138,9 @@ class Session:
         self.inflight: dict[int, list[int]] = {}  # publish mid -> buffered row ids
         self.subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
         self.cursor = 0  # highest row id handed to paho on this connection
+        # Rows read from the buffer (in order, after `cursor`) not yet handed to paho: read
+        # once, not again with every PUBACK (a freed slot takes one publish of them).
+        self.lookahead: list[Record] = []
         self.sent = 0
         self.reconnects = 0
         self.attempts = 0  # connection attempts since the child started
@@ -172,7 +181,7 @@ class Session:
         if self.state == Link.DISCONNECTED:
             return max(0.0, self.retry_at - now)
         if self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
-            wait = self.pace.wait_s(now)
+            wait = self.pace.wait_s(now, max(1, self._batch_wanted()))
             return wait if wait > 0 else None
         return 1.0
 
@@ -248,6 +257,7 @@ class Session:
         self.pending.clear()
         self.subscriptions.clear()
         self.cursor = 0
+        self.lookahead = []
         self.connected_since = None
         self._enter(Link.DISCONNECTED, now)
         if was_online:
@@ -417,16 +427,29 @@ class Session:
     def _fill_window(self, now: float) -> None:
         while self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
             budget = min(ROWS_PER_PEEK, self.pace.available(now))
-            rows = self._peek(budget + 1) if budget else []
-            if budget:  # one more row than allowed tells whether a backlog waits
+            if not budget or budget < self._batch_wanted():
+                return  # a backlog goes out a batch at a time (wakeup_in says when)
+            if not self.lookahead:
+                rows = self._peek(budget + 1)
+                # one more row than allowed tells whether a backlog waits
                 self.backlogged = len(rows) > budget
-                rows = rows[:budget]
-            if not rows:
-                return
-            rows = self._sendable(rows)  # quarantining moves the cursor past those
-            for topic, batch in pack(rows):
-                if not self._publish_batch(topic, batch, now):
+                if not rows:
                     return
+                # quarantining moves the cursor past those
+                self.lookahead = self._sendable(rows[:budget])
+                continue
+            rows, self.lookahead = self.lookahead[:budget], self.lookahead[budget:]
+            handed = all(self._publish_batch(topic, batch, now) for topic, batch in pack(rows))
+            # what was not handed to paho (window full, not connected) waits for the next turn
+            self.lookahead = [r for r in rows if r.id > self.cursor] + self.lookahead
+            if not handed:
+                return
+
+    def _batch_wanted(self) -> int:
+        """Lines the bucket should hold before the next publish: a batch's worth while more
+        rows wait than may go now, else what waits (live readings go at once)."""
+        batch = max(1, min(DRAIN_BATCH_LINES, int(self.pace.rate_per_s * DRAIN_BATCH_S)))
+        return batch if self.backlogged else min(batch, len(self.lookahead))
 
     def _peek(self, limit: int) -> list[Record]:
         try:
