@@ -144,28 +144,24 @@ class NotifySocket:
 
     def wait_ready(self, deadline: float, proc: subprocess.Popen) -> float | None:
         """perf_counter() when READY=1 arrived; None on timeout or if `proc` died."""
-        while (left := deadline - time.perf_counter()) > 0 and proc.poll() is None:
-            self.sock.settimeout(min(left, 0.5))
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            if "READY=1" in data.decode(errors="replace").splitlines():
+        for line in self._lines(deadline, proc):
+            if line == "READY=1":
                 return time.perf_counter()
         return None
 
     def wait_status(self, wanted: str, deadline: float, proc: subprocess.Popen) -> bool:
         """Whether a STATUS= line starting with `wanted` came before `deadline`."""
+        return any(line.startswith("STATUS=" + wanted) for line in self._lines(deadline, proc))
+
+    def _lines(self, deadline: float, proc: subprocess.Popen):
+        """The lines of the datagrams that arrive before `deadline` while `proc` lives."""
         while (left := deadline - time.perf_counter()) > 0 and proc.poll() is None:
             self.sock.settimeout(min(left, 0.5))
             try:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 continue
-            for line in data.decode(errors="replace").splitlines():
-                if line.startswith("STATUS=" + wanted):
-                    return True
-        return False
+            yield from data.decode(errors="replace").splitlines()
 
     def close(self) -> None:
         self.sock.close()
