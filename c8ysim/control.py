@@ -90,10 +90,14 @@ class Control:
         return [[name, device, round(end, 3)] for (name, device), end in sorted(active.items())]
 
     def outage_until(self, now: float) -> float | None:
-        """The end of this device's comms_loss window open at `now`, or None."""
+        """The end of this device's comms_loss window open at `now`, or None. Asked every
+        turn of the device loop: without such a scenario it costs no time-zone lookup."""
+        own = [s for s in self.site.scenarios
+               if s.what == FAULT and s.name == COMMS_LOSS and s.device == self.device.name]
+        if not own:
+            return None
         offset = local_time(now, self.tz).utc_offset_s
-        ends = [end for s, end in self.site.active(now, offset)
-                if s.what == FAULT and s.name == COMMS_LOSS and s.device == self.device.name]
+        ends = [window[1] for s in own if (window := s.window(now, offset)) is not None]
         return max(ends) if ends else None
 
     def configuration(self) -> str:
