@@ -14,14 +14,19 @@ and measures, in one run:
   loops (one process per device: insert a row, publish it at QoS 1, wait for the PUBACK,
   delete it) at the same interval in the same run;
 - start: exec -> READY=1 on that NOTIFY_SOCKET, as a ratio to a bare
-  `python3 -c "import paho.mqtt.client, yaml, bottle"` measured in the same run (median).
+  `python3 -c "import paho.mqtt.client, yaml, bottle"` measured in the same run (median);
+- scale mode: 100 devices at interval 10 s with `supervisor.devices_per_process: 25`, and
+  for comparison a process per device (`--scale 100:25,100:1`, ~85 s a case; `''` skips
+  them): distinct pages and PSS sum of the tree as above, then its CPU as % of one core over
+  the CPU window (`--only-scale` measures nothing else).
 
 Prints figures and PASS/MISS against the targets; never asserts (the machine is shared).
 `--doc docs/performance.md` writes the published note (machine, date, commit, method, tables,
 the drain runs of bench_agent_drain.py and bench_drain.py, and why a target was missed).
 
     .venv/bin/python bench/bench_footprint.py [--seconds 60] [--settle 20] [--starts 7]
-                                              [--devices 3,10,30] [--doc docs/performance.md]
+                                              [--devices 3,10,30] [--scale 100:25,100:1]
+                                              [--only-scale] [--doc docs/performance.md]
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ TARGET_CPU_RATIO = 1.5  # per delivered measurement, against the bare loops
 TARGET_START_RATIO = 1.3
 TARGET_DRAIN_LOOPBACK = 3.0  # x bare paho, at the configured default max_lines_per_s
 TARGET_DRAIN_RTT = 20.0  # the same over 50 ms
+SCALE_TARGET_CASE = (100, 25)  # devices, devices_per_process: the case the two below are for
+TARGET_SCALE_MB = 100.0  # distinct pages of the whole tree
+TARGET_SCALE_CPU_PERCENT = 15.0  # of one core, at SCALE_INTERVAL_S
+SCALE_INTERVAL_S = 10.0
 
 
 # -- /proc --------------------------------------------------------------------------------
@@ -171,13 +180,15 @@ class AgentRun:
     """One agent process tree (own session, so cleanup reaches every child)."""
 
     def __init__(self, workdir: Path, broker_port: int, count: int, interval_s: float,
-                 notify: NotifySocket):
+                 notify: NotifySocket, per_process: int = 1):
         self.workdir = workdir / f"agent-{count}-{interval_s:g}-{time.monotonic_ns()}"
         self.workdir.mkdir()
         self.status_port = free_port()
         self.count = count
+        extra = "log_level: warning\n" + (f"supervisor: {{devices_per_process: {per_process}}}\n"
+                                          if per_process > 1 else "")
         self.config = write_config(self.workdir, broker_port, self.status_port, interval_s,
-                                   devices=device_list(count), extra="log_level: warning\n")
+                                   devices=device_list(count), extra=extra)
         self.notify = notify
         self.proc: subprocess.Popen | None = None
         self.log = open(self.workdir / "agent.log", "ab")
@@ -243,27 +254,39 @@ class Memory:
     child: pagemap.ChildPages | None  # the first child's own pages, classified
 
 
-def measure_memory(workdir, port, notify, count, settle) -> Memory:
-    run = AgentRun(workdir, port, count, 10.0, notify)
+def online_agent(workdir, port, notify, count, interval_s, settle, measure, per_process=1):
+    """measure(run, online_s) of an agent of `count` devices, `settle` s after every device
+    is online; the agent is stopped afterwards."""
+    run = AgentRun(workdir, port, count, interval_s, notify, per_process)
     try:
         run.start()
         online_s = run.wait_online_quietly()
         time.sleep(settle)
-        pids = tree(run.proc.pid)
-        pss = sum(map(pss_kb, pids)) * 1000 / MB
-        processes = [pagemap.pages(pid) for pid in pids]
-        own = pagemap.own_frames(processes)
-        supervisor, children = processes[0], processes[1:]
-        child_own = [len(own[c.pid]) * pagemap.PAGE / MB for c in children]
-        detail = (pagemap.classify_child(children[0], supervisor, own[children[0].pid],
-                                         diff_words=True) if children else None)
-        return Memory(count, pagemap.distinct_mb(processes),
-                      len(supervisor.pfns) * pagemap.PAGE / MB,
-                      len(own[supervisor.pid]) * pagemap.PAGE / MB,
-                      statistics.mean(child_own) if child_own else 0.0, pss, len(pids),
-                      online_s, detail)
+        return measure(run, online_s)
     finally:
         run.stop()
+
+
+def measure_memory(workdir, port, notify, count, settle) -> Memory:
+    return online_agent(workdir, port, notify, count, 10.0, settle,
+                        lambda run, online_s: tree_memory(run.proc.pid, count, online_s))
+
+
+def tree_memory(root: int, count: int, online_s: float) -> Memory:
+    """The distinct pages of the tree under `root` and where they are."""
+    pids = tree(root)
+    pss = sum(map(pss_kb, pids)) * 1000 / MB
+    processes = [pagemap.pages(pid) for pid in pids]
+    own = pagemap.own_frames(processes)
+    supervisor, children = processes[0], processes[1:]
+    child_own = [len(own[c.pid]) * pagemap.PAGE / MB for c in children]
+    detail = (pagemap.classify_child(children[0], supervisor, own[children[0].pid],
+                                     diff_words=True) if children else None)
+    return Memory(count, pagemap.distinct_mb(processes),
+                  len(supervisor.pfns) * pagemap.PAGE / MB,
+                  len(own[supervisor.pid]) * pagemap.PAGE / MB,
+                  statistics.mean(child_own) if child_own else 0.0, pss, len(pids),
+                  online_s, detail)
 
 
 class MeasurementCounter:
@@ -319,14 +342,25 @@ def _window(counter: MeasurementCounter, ticks, seconds: float) -> Cpu:
 
 
 def measure_cpu(workdir, port, notify, counter, count, interval_s, settle, seconds) -> Cpu:
-    run = AgentRun(workdir, port, count, interval_s, notify)
-    try:
-        run.start()
-        run.wait_online_quietly()
-        time.sleep(settle)
-        return _window(counter, lambda: tree_cpu_ticks(run.proc.pid), seconds)
-    finally:
-        run.stop()
+    return online_agent(workdir, port, notify, count, interval_s, settle,
+                        lambda run, _: _window(counter, lambda: tree_cpu_ticks(run.proc.pid),
+                                               seconds))
+
+
+@dataclass
+class Scale:
+    memory: Memory  # taken first, then the CPU window
+    cpu: Cpu
+
+
+def measure_scale(workdir, port, notify, counter, count, per_process, settle,
+                  seconds) -> Scale:
+    """Scale mode: `count` devices at SCALE_INTERVAL_S in groups of `per_process`."""
+    def measure(run: AgentRun, online_s: float) -> Scale:
+        memory = tree_memory(run.proc.pid, count, online_s)
+        return Scale(memory, _window(counter, lambda: tree_cpu_ticks(run.proc.pid), seconds))
+    return online_agent(workdir, port, notify, count, SCALE_INTERVAL_S, settle, measure,
+                        per_process)
 
 
 # The least a device process can do per tick in Python with the same libraries: commit a row
@@ -579,7 +613,7 @@ def write_doc(path: Path, lines: list[str], notes: list[str], drain: list[str]) 
 
 
 def miss_notes(memories: dict, per_device, cpu: Cpu, bare: Cpu, start: tuple,
-               drain: AgentDrain | None) -> list[str]:
+               drain: AgentDrain | None, scales: dict) -> list[str]:
     """Why a target was missed, from what this run measured."""
     notes = []
     base = memories.get(3)
@@ -633,7 +667,68 @@ def miss_notes(memories: dict, per_device, cpu: Cpu, bare: Cpu, start: tuple,
                if fastest is not None else "")
             + "The limit is the tenant's stream limit, not the agent; see the drain table for "
               "the rate each target needs.")
+    if any(result == "MISS" for *_, result in scale_rows(scales)):
+        found = scales[SCALE_TARGET_CASE]
+        memory = found.memory
+        notes.append(
+            "- **Scale mode.** {} devices at {} per process: ".format(*SCALE_TARGET_CASE)
+            + f"{memory.distinct_mb:.1f} MB distinct over {memory.processes} processes (the "
+            f"supervisor {memory.supervisor_mb:.1f} MB, a group process owns "
+            f"{memory.child_own_mb:.1f} MB), {found.cpu.percent:.1f} % of one core. A group "
+            "runs one paho network thread per device.")
     return notes
+
+
+def measure_scales(workdir, port, notify, counter, args) -> dict[tuple[int, int], Scale]:
+    """The scale cases of `--scale`, {(devices, devices_per_process): Scale}."""
+    scales = {}
+    for count, per_process in args.scale:
+        started = time.monotonic()
+        found = scales[(count, per_process)] = measure_scale(
+            workdir, port, notify, counter, count, per_process, args.settle, args.seconds)
+        memory, cpu = found.memory, found.cpu
+        print(f"  scale, {count} devices at {per_process} per process: "
+              f"{memory.distinct_mb:.1f} MB distinct over {memory.processes} processes (PSS "
+              f"sum {memory.pss_mb:.1f} MB); CPU {cpu.percent:.1f} % of one core "
+              f"({cpu.measurements} measurements in {cpu.wall_s:.0f} s); all online after "
+              f"{memory.online_s:.1f} s; {time.monotonic() - started:.0f} s in all")
+    return scales
+
+
+def scale_rows(scales: dict) -> list[tuple[str, str, str, str]]:
+    """The targets table's rows for SCALE_TARGET_CASE, if it was measured."""
+    found = scales.get(SCALE_TARGET_CASE)
+    if found is None:
+        return []
+    case = "{} devices at {} per process".format(*SCALE_TARGET_CASE)
+    mb, percent = found.memory.distinct_mb, found.cpu.percent
+    return [(f"memory, {case} (distinct pages)", f"{mb:.1f} MB", f"≤ {TARGET_SCALE_MB:g} MB",
+             verdict(mb <= TARGET_SCALE_MB)),
+            (f"CPU, {case}, {SCALE_INTERVAL_S:g} s", f"{percent:.1f} % of one core",
+             f"≤ {TARGET_SCALE_CPU_PERCENT:g} %", verdict(percent <= TARGET_SCALE_CPU_PERCENT))]
+
+
+def scale_table(scales: dict, seconds: float) -> list[str]:
+    if not scales:
+        return []
+    out = ["", f"Scale mode (`supervisor.devices_per_process`), every device at "
+           f"{SCALE_INTERVAL_S:g} s: memory taken as above, then the tree's CPU over a "
+           f"{seconds:g} s window.", "",
+           "| devices | per process | processes | distinct pages, whole tree | PSS sum | CPU "
+           "(% of one core) | measurements | all online after |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (count, per_process), found in scales.items():
+        memory, cpu = found.memory, found.cpu
+        out.append(f"| {count} | {per_process} | {memory.processes} | "
+                   f"{memory.distinct_mb:.1f} MB | {memory.pss_mb:.1f} MB | {cpu.percent:.1f} % | "
+                   f"{cpu.measurements} | {memory.online_s:.1f} s |")
+    return out
+
+
+def print_targets(rows) -> None:
+    print("  targets:")
+    for what, value, target, result in rows:
+        print(f"    {result}  {what}: {value} (target {target})")
 
 
 def run(args) -> list[str]:
@@ -649,6 +744,10 @@ def run(args) -> list[str]:
               f"load average {info['load']}")
         print(f"  settle {args.settle:g} s, CPU window {args.seconds:g} s, "
               f"start median of {args.starts}")
+        if args.only_scale:
+            scales = measure_scales(workdir, broker.port, notify, counter, args)
+            print_targets(scale_rows(scales))
+            return scale_table(scales, args.seconds)[1:]
         start = measure_start(workdir, broker.port, notify, args.starts)
         agent_s, bare_s, modules_s = start
         ratio = agent_s / bare_s
@@ -674,6 +773,7 @@ def run(args) -> list[str]:
               f"delivered measurement ({cpu.measurements} in {cpu.wall_s:.0f} s, "
               f"{cpu.percent:.2f} % of a core); bare loops {bare.per_measurement_ms:.2f} ms "
               f"({bare.measurements}); ratio {cpu_ratio:.2f}")
+        scales = measure_scales(workdir, broker.port, notify, counter, args)
         drain = agent_drain() if args.doc else None
         session = _bench("bench_drain.py", SESSION_DRAIN_ARGS) if args.doc else None
         if drain:
@@ -703,9 +803,8 @@ def run(args) -> list[str]:
                 rows.append((f"drain through the agent / bare paho, +{rtt:g} ms, default "
                              f"max_lines_per_s {rate:g}", f"{found:.3f}", f"≥ {target:g}",
                              verdict(found >= target)))
-        print("  targets:")
-        for what, value, target, result in rows:
-            print(f"    {result}  {what}: {value} (target {target})")
+        rows += scale_rows(scales)
+        print_targets(rows)
 
         out = [f"- machine: {info['nproc']} × {info['model']}, kernel {info['kernel']}, "
                f"Python {info['python']}", f"- date: {info['date']}",
@@ -755,8 +854,9 @@ def run(args) -> list[str]:
                 f"| bare `python3 -c \"{BARE_IMPORT}\"` | {bare_s * 1000:.0f} ms |",
                 f"| ratio | {ratio:.2f} |",
                 f"| for reference: `python3 -c \"{AGENT_IMPORT}\"` | {modules_s * 1000:.0f} ms |"]
+        out += scale_table(scales, args.seconds)
         if args.doc:
-            notes = miss_notes(memories, per_device, cpu, bare, start, drain)
+            notes = miss_notes(memories, per_device, cpu, bare, start, drain, scales)
             write_doc(Path(args.doc), out, notes, drain_lines(drain, session))
         return out
     finally:
@@ -774,10 +874,19 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=7, help="start-time runs (median)")
     parser.add_argument("--devices", default="3,10,30",
                         type=lambda s: [int(n) for n in s.split(",") if n])
+    parser.add_argument("--scale", default="100:25,100:1", metavar="DEVICES:PER_PROCESS,...",
+                        type=lambda s: [tuple(int(n) for n in case.split(":"))
+                                        for case in s.split(",") if case],
+                        help="scale-mode cases at interval 10 s ('' for none; the targets "
+                             "are for 100:25)")
+    parser.add_argument("--only-scale", action="store_true",
+                        help="measure the scale cases only (no start, rows, CPU or drain)")
     parser.add_argument("--markdown", help="write the tables to this file (markdown lines)")
     parser.add_argument("--doc", help="write the whole performance note (docs/performance.md), "
                                       "with the drain runs")
     args = parser.parse_args()
+    if args.only_scale and args.doc:
+        parser.error("--only-scale measures too little for --doc")
     if os.geteuid() != 0:
         sys.exit("bench_footprint.py reads /proc/<pid>/pagemap: run it as root")
     lines = run(args)

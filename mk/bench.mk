@@ -1,10 +1,12 @@
 # Benchmarks (`make bench`, as root: memory is read from /proc/<pid>/pagemap): footprint
-# (distinct pages, CPU per delivered measurement, start), drain through the real agent and
-# through Session alone, and the status page under load; regenerates docs/performance.md.
-# Figures only, never part of `make test`. With mk/storage.mk's bench-storage (Session alone,
-# SQLite and PostgreSQL) about 10 minutes.
-# e.g. make bench-footprint FOOTPRINT_ARGS="--seconds 10 --settle 5 --devices 3,10" for a
-# quick look; make bench-agent-drain for the drain through the agent alone.
+# (distinct pages, CPU per delivered measurement, start, scale mode: 100 devices at 25 and
+# at 1 per process), drain through the real agent and through Session alone, and the status
+# page under load; regenerates docs/performance.md. Figures only, never part of `make test`.
+# With mk/storage.mk's bench-storage (Session alone, SQLite and PostgreSQL) about 13 minutes
+# (the scale cases ~85 s each).
+# e.g. make bench-footprint FOOTPRINT_ARGS="--seconds 10 --settle 5 --devices 3,10 --scale ''"
+# for a quick look; FOOTPRINT_ARGS="--only-scale" for the scale cases alone (printed only);
+# make bench-agent-drain for the drain through the agent alone.
 
 .PHONY: bench bench-footprint bench-status bench-agent-drain
 
