@@ -36,7 +36,11 @@ from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink.transport import Endpoint
 
 HEARTBEAT_INTERVAL_S = 1.0
-MAX_WAIT_S = 0.5  # longest sleep of the loop (signal and parent checks)
+# A beat due shortly before a reading waits for it and goes out once the reading is
+# acknowledged: one wake-up of the loop for both, a beat with the reading in it.
+BEAT_LATE_S = 0.5
+BEAT_EARLY_S = 0.1  # a beat this close to due goes out in a turn that is awake anyway
+MAX_WAIT_S = 1.0  # longest sleep of the loop (parent check; SIGTERM wakes it at once)
 AUTH_RETRY_WITH_FALLBACK_S = 30.0  # refused logins retried within this: ~1 min to fall back
 MODEL_STATE_KEY = "model.state"
 SAVE_RETRY_S = 60.0  # issued credentials not yet stored: try again this often
@@ -265,24 +269,39 @@ class Device:
             self.next_tick = min(self.next_tick,
                                  now + _until_next_slot_s(self.control.interval_s))
         if now >= self.next_tick:
-            self.tick()
-            # Scheduled on the monotonic clock, aimed at the next wall-clock multiple of
-            # the interval: all devices read at the same timestamps, and a jump of the
-            # wall clock never stalls or bursts the loop.
-            self.next_tick = now + _until_next_slot_s(self.control.interval_s)
+            read = self.tick()
+            # Scheduled on the monotonic clock, aimed at the wall-clock multiple of the
+            # interval after the slot just read: all devices read at the same timestamps,
+            # a loop woken a little early does not wake again for the same slot, and a jump
+            # of the wall clock never stalls (at most an interval) or bursts the loop.
+            self.next_tick = now + _until_slot_after(read, self.control.interval_s)
         self._follow_outage(time.time(), now)
         self._poll_uplink(time.monotonic())
         if self.session and self.session.operations.restart_requested:
             log.info("restarting the device for its c8y_Restart operation")
             return True
-        if now >= self.next_heartbeat:
+        if self._beat_due(now):
             self.send_heartbeat()
             self.next_heartbeat = now + HEARTBEAT_INTERVAL_S
         return False
 
+    def _beat_due(self, now: float) -> bool:
+        """Once a second; a beat due just before a reading waits for it (at most
+        BEAT_LATE_S) and goes out in the turn of its acknowledgement."""
+        if now >= self.next_heartbeat + BEAT_LATE_S:
+            return True
+        return now >= self.next_heartbeat - BEAT_EARLY_S and not self._beat_waits()
+
+    def _beat_waits(self) -> bool:
+        """A reading is due within BEAT_LATE_S after the beat, or one is not acknowledged
+        yet (its PUBACK wakes the loop)."""
+        return (0.0 <= self.next_tick - self.next_heartbeat < BEAT_LATE_S
+                or (self.session is not None and bool(self.session.inflight)))
+
     def wake_in(self, now: float) -> float:
         """Seconds until this device has work to do (at most MAX_WAIT_S)."""
-        timeout = min(max(min(self.next_tick, self.next_heartbeat) - now, 0.0), MAX_WAIT_S)
+        beat_at = self.next_heartbeat + (BEAT_LATE_S if self._beat_waits() else 0.0)
+        timeout = min(max(min(self.next_tick, beat_at) - now, 0.0), MAX_WAIT_S)
         if self.uplink and (wake := self.uplink.wakeup_in(now)) is not None:
             timeout = min(timeout, wake)
         return timeout
@@ -368,11 +387,12 @@ class Device:
 
     # -- readings ---------------------------------------------------------------------------
 
-    def tick(self, t: float | None = None) -> None:
+    def tick(self, t: float | None = None) -> float:
+        """Read the model at `t` (default: the slot nearest to now); the time read."""
         t = _slot(time.time(), self.control.interval_s) if t is None else t
         last_t = self.model_state.get("t")
         if t == last_t:
-            return  # this slot was already read (the loop woke a little early)
+            return t  # this slot was already read (the loop woke a little early)
         dt = max(0.0, t - last_t) if last_t is not None else 0.0
         state, reading = self.model.step(self.model_state, t, dt)
         self.model_state = {**state, "t": t}
@@ -380,6 +400,7 @@ class Device:
         self.buffer.put_many(rows, meta={MODEL_STATE_KEY: json.dumps(self.model_state)})
         self.last_reading = _summary(reading)
         self.units = {f"{s.fragment}.{s.series}": s.unit for s in reading.series}
+        return t
 
     def send_heartbeat(self) -> None:
         if self.heartbeat is None:
@@ -428,6 +449,12 @@ def _slot(t: float, interval_s: float) -> float:
 
 def _until_next_slot_s(interval_s: float) -> float:
     return interval_s - time.time() % interval_s
+
+
+def _until_slot_after(read: float, interval_s: float) -> float:
+    """Seconds until the slot after the one read: between 0 (late, or the wall clock jumped
+    ahead) and one interval (the wall clock jumped back)."""
+    return min(interval_s, max(0.0, read + interval_s - time.time()))
 
 
 def _summary(reading: sim.Reading) -> dict:

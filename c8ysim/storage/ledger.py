@@ -66,9 +66,7 @@ class Ledger:
         slot = _encode({"writes": self.writes, "seq": self.seq, "meta": self.meta,
                         "queued": self.queued, "lost": self.lost, "bypassed": self.bypassed})
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            fd = self._open()
             try:
                 if os.fstat(fd).st_size < SLOTS * SLOT_BYTES:  # new: both slots at once
                     os.pwrite(fd, slot * SLOTS, 0)
@@ -81,6 +79,16 @@ class Ledger:
         except (OSError, ValueError) as exc:
             self.failures(logging.WARNING, "cannot write %s: %s", self.path,
                           getattr(exc, "strerror", None) or exc)
+
+    def _open(self) -> int:
+        """The file, opened anew at each save (it may have been deleted meanwhile); its
+        directory is made only when it is missing (not a mkdir per tick)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, 0o600)
+        except FileNotFoundError:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            return os.open(self.path, flags, 0o600)
 
     def _load(self) -> None:
         try:

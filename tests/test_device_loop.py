@@ -1,0 +1,65 @@
+"""The device loop's schedule: when it reads, when it beats (c8ysim.device).
+
+A beat due just before a reading waits for the reading's acknowledgement (one wake-up for
+both, the beat carrying the reading), but never longer than BEAT_LATE_S; the next reading
+is aimed at the slot after the one read, whatever the wall clock did."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from c8ysim import device
+from c8ysim.device import BEAT_EARLY_S, BEAT_LATE_S, Device
+
+
+def loop(next_heartbeat: float, next_tick: float, inflight: int = 0) -> Device:
+    """A Device with only what the schedule reads (no buffer, model or uplink)."""
+    d = Device.__new__(Device)
+    d.next_heartbeat, d.next_tick = next_heartbeat, next_tick
+    d.session = types.SimpleNamespace(inflight=dict.fromkeys(range(inflight)),
+                                      wakeup_in=lambda now: None)
+    d.bootstrap = None
+    return d
+
+
+def test_a_beat_goes_out_when_due_and_nothing_waits():
+    d = loop(next_heartbeat=10.0, next_tick=10.9)
+    assert not d._beat_due(10.0 - BEAT_EARLY_S - 0.01)
+    assert d._beat_due(10.0 - BEAT_EARLY_S)  # a turn awake anyway takes it a little early
+    assert d._beat_due(10.0)
+
+
+def test_a_beat_due_just_before_a_reading_waits_for_it_but_not_long():
+    d = loop(next_heartbeat=10.0, next_tick=10.2)
+    assert not d._beat_due(10.0) and not d._beat_due(10.3)
+    assert d.wake_in(10.0) == pytest.approx(0.2)  # the reading's turn, not the beat's
+    assert d._beat_due(10.0 + BEAT_LATE_S)  # the reading never came: the beat goes anyway
+
+
+def test_a_beat_waits_for_the_acknowledgement_of_a_reading_in_flight():
+    d = loop(next_heartbeat=10.0, next_tick=11.0, inflight=1)
+    assert not d._beat_due(10.1)
+    assert d.wake_in(10.1) == pytest.approx(BEAT_LATE_S - 0.1)  # the PUBACK wakes it sooner
+    d.session.inflight.clear()
+    assert d._beat_due(10.1)
+    assert d._beat_due(10.0 + BEAT_LATE_S) and loop(10.0, 11.0, 3)._beat_due(10.0 + BEAT_LATE_S)
+
+
+def test_a_reading_due_before_the_beat_does_not_hold_it():
+    """Readings faster than beats (interval 0.25 s): each beat goes out on time."""
+    d = loop(next_heartbeat=10.0, next_tick=9.9)
+    assert d._beat_due(10.0)
+    assert d.wake_in(9.5) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("wall, expected", [
+    (100.02, 0.98),  # read on time: the next slot
+    (99.999, 1.0),  # woke a little early and read the slot ahead: its next, not it again
+    (101.5, 0.0),  # late, or the wall clock jumped ahead: read now
+    (40.0, 1.0),  # the wall clock jumped back a minute: wait one interval, not a minute
+])
+def test_the_next_reading_is_aimed_at_the_slot_after_the_one_read(monkeypatch, wall, expected):
+    monkeypatch.setattr(device.time, "time", lambda: wall)
+    assert device._until_slot_after(100.0, 1.0) == pytest.approx(expected)
