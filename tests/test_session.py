@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from c8ysim import backoff
 from c8ysim.config import StorageConfig
 from c8ysim.storage import open_buffer
-from c8ysim.uplink import pacing
 from c8ysim.uplink.pacing import TokenBucket
 from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink import session, transport
@@ -190,7 +189,9 @@ def test_token_bucket_paces_lines():
 
 def test_drain_keeps_to_max_lines_per_s(tmp_path, mosquitto):
     driver = Driver(tmp_path, mosquitto.port)
-    driver.session.pace = TokenBucket(100.0, time.monotonic())
+    driver.session = Session(Endpoint("127.0.0.1", mosquitto.port, "dev-1", "t/u", "p", 10),
+                             REGISTRATION, driver.buffer, driver.events, 0.05,
+                             random.Random(7), max_lines_per_s=100.0, start_lines_per_s=100.0)
     try:
         driver.run_until(lambda: driver.session.state == "online", 10, "online")
         driver.buffer.put_many([("s/us", f"211,{i}".encode(), time.time()) for i in range(300)])
@@ -368,23 +369,6 @@ def test_pack_respects_the_limit_order_and_greed(items, limit):
 
 # --- the drain rate under throttling (reference §5) --------------------------------------------
 
-def test_drain_rate_halves_to_a_floor_and_recovers_a_tenth_per_10_s():
-    rate = pacing.DrainRate(100.0, now=0.0)
-    assert [rate.throttled(t) and rate.current for t in (1, 11, 21)] == [50.0, 25.0, 12.5]
-    assert not rate.throttled(25) and rate.current == 12.5  # not twice within 10 s
-    for t in range(31, 200, 10):
-        rate.throttled(t)
-    assert rate.current == 1.0 and not rate.throttled(500)  # the floor
-    rate.restart_clock(100.0)  # online again
-    assert not rate.recover(109.9) and rate.current == 1.0
-    assert rate.recover(110.0) and rate.current == 11.0
-    assert rate.recover(135.0) and rate.current == 31.0  # two more steps, the rest carried
-    assert rate.recover(140.0) and rate.current == 41.0
-    assert rate.recover(1000.0) and rate.current == 100.0  # never above the configured rate
-    assert not rate.recover(2000.0)
-    assert pacing.DrainRate(0.5, 0.0).floor == 0.5  # configured below the floor: that
-
-
 def test_token_bucket_takes_a_new_rate_and_its_burst_at_once():
     bucket = TokenBucket(100.0, now=0.0)
     bucket.set_rate(10.0, 0.0)
@@ -395,14 +379,16 @@ def test_token_bucket_takes_a_new_rate_and_its_burst_at_once():
     assert bucket.available(0.5) == 5 and bucket.available(1.0) == 25
 
 
-def test_a_cut_while_draining_halves_the_rate_a_cut_when_idle_does_not(tmp_path, mosquitto,
-                                                                       monkeypatch):
-    monkeypatch.setattr(pacing, "RECOVER_EVERY_S", 1.0)
+def test_a_cut_while_draining_halves_the_rate_a_cut_when_idle_does_not(tmp_path, mosquitto):
+    """The disconnect halving (the backstop of pacing.DrainRate): a connection lost while a
+    backlog drains halves the rate; on the next connection the PUBACK latency stays flat
+    (a plain mosquitto), so the rate grows back to the ceiling; a cut with no backlog
+    changes nothing."""
     proxy = FaultProxy(mosquitto.port)
     driver = Driver(tmp_path, proxy.port)
     driver.session = Session(Endpoint("127.0.0.1", proxy.port, "dev-1", "t/u", "p", 10),
                              REGISTRATION, driver.buffer, driver.events, 0.05,
-                             random.Random(7), max_lines_per_s=200.0)
+                             random.Random(7), max_lines_per_s=200.0, start_lines_per_s=200.0)
     rate = lambda: driver.session.status()["drain_rate"]  # noqa: E731
     try:
         driver.run_until(lambda: driver.session.state == "online", 10, "online")
@@ -414,10 +400,9 @@ def test_a_cut_while_draining_halves_the_rate_a_cut_when_idle_does_not(tmp_path,
         driver.run_until(lambda: driver.session.state == "disconnected", 5, "the cut")
         assert rate() == 100.0
         driver.run_until(lambda: driver.session.state == "online", 10, "back online")
-        driver.run_until(lambda: rate() == 120.0, 5, "a tenth back after a second online")
-        driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 30, "drained")
-        driver.run_until(lambda: rate() == 200.0, 10, "all of it back")
-        driver.run_until(lambda: not driver.session.backlogged, 5, "caught up")
+        driver.run_until(lambda: rate() > 100.0, 5, "latency flat: growing again")
+        driver.run_until(lambda: rate() == 200.0, 15, "back at the ceiling")
+        driver.run_until(lambda: not driver.session.backlogged, 20, "caught up")
         proxy.cut()  # live traffic only: not the rate's fault
         driver.run_until(lambda: driver.session.state == "disconnected", 5, "the cut")
         assert rate() == 200.0

@@ -1,8 +1,14 @@
 """Three devices drain a backlog of 400 readings each through the fake tenant's
 tenant-wide stream limit (reference §5: over the limit the platform queues, and when the
 queue overflows it disconnects the device that overflowed it). The sessions halve their
-drain rate after such a disconnect and win it back slowly; every line must arrive exactly
-once and in order per device, with few disconnects. The figures are printed (`-s`)."""
+drain rate after such a disconnect (the backstop of the latency control) and win it back;
+every line must arrive exactly once and in order per device, with few disconnects. The
+figures are printed (`-s`).
+
+The latency control (`pacing.DrainRate`, test_drain_rate.py) sees a queue of a useful size
+fill and keeps a device's lines in flight to the rate times the latency threshold, so a
+queue of 120 lines no longer overflows; this tenant's queue holds 6 lines (two devices'
+batches at this max_lines_per_s), too few for the latency to show, so the backstop works."""
 
 from __future__ import annotations
 
@@ -16,21 +22,21 @@ from fake_tenant import FakeTenant, parse_smartrest
 
 DEVICES = [("pv-roof", "pv"), ("heatpump", "heatpump"), ("grid-meter", "grid")]
 LIMIT_LINES_PER_S = 60  # the tenant's "Limit stream requests", over all devices
-QUEUE_LINES = 120  # its "Limit stream queue"
+QUEUE_LINES = 6  # its "Limit stream queue": below what latency control can see
 MAX_LINES_PER_S = 100  # cumulocity.max_lines_per_s: the site's budget, over the limit
 BACKLOG = 400  # readings a device, 10 s apart, ending before the agent starts
 SESSION_TEMPLATES = {"100", "110", "112", "113", "114", "117", "500"}
 
 
-def queue_backlog(state, name: str) -> list[list[str]]:
-    """Queue BACKLOG readings in the device's buffer, as a backfill does (one 201 line each,
+def queue_backlog(state, name: str, count: int = BACKLOG) -> list[list[str]]:
+    """Queue `count` readings in the device's buffer, as a backfill does (one 201 line each,
     its own timestamp); the fields of every line queued, oldest first."""
-    start = (time.time() // 10 - BACKLOG - 1) * 10
+    start = (time.time() // 10 - count - 1) * 10
     buffer = open_buffer(StorageConfig(path=str(state)), name, guest=True)
     try:
         buffer.put_many([(smartrest.UPSTREAM_TOPIC, smartrest.line(
             201, "c8ysim_Backlog", smartrest.iso_time(start + 10 * i), "c8y_Counter", "n",
-            float(i), "").encode(), time.time()) for i in range(BACKLOG)])
+            float(i), "").encode(), time.time()) for i in range(count)])
         rows = buffer.peek(1_000_000)
     finally:
         buffer.close()

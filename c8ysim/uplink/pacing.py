@@ -9,19 +9,49 @@ message (protocol reference §5). When a device drains a long backlog (an outage
 backfill) the bucket spreads it out; live traffic (a few lines per tick) never notices.
 The burst is one second's worth of lines.
 
-The limit is the tenant's and unknown to us, so `DrainRate` finds it the way TCP finds a
-link's capacity (AIMD): a disconnect while draining a backlog halves the rate (never below
-a floor; at most once per `RECOVER_EVERY_S`: the disconnects right after a cut come from the
-tenant's queue the lower rate has not emptied yet, and must not cut again), and every
-`RECOVER_EVERY_S` online without one adds back a tenth of the configured rate, up to the
-configured rate.
+The limit is the tenant's and unknown to us, so `DrainRate` finds it from the PUBACKs, the
+way TCP Vegas and LEDBAT find a link's capacity from its delay. While the platform keeps
+up, a publish's latency (handed to paho -> its PUBACK) stays near the lowest seen lately
+(`BaseLatency`); once the tenant queues our lines it grows with the queue, long before the
+queue overflows. So, while a backlog drains:
+
+* every latency period (`LatencyRound`: at least `ROUND_S`, and until a publish sent after
+  the last change is acknowledged) the lowest latency of the period is compared with the
+  base plus a margin (`MARGIN_S`, or `MARGIN_FRACTION` of the base if that is more);
+* above it, the rate is cut to `CUT_FACTOR` of what the tenant delivered over the last
+  second (`Delivery`; while it queues, that is its limit as it serves us), and that figure
+  becomes the trouble mark; another cut needs a later period whose latency has risen again
+  (a queue that is draining does not cut twice);
+* below it, if the rate held the backlog back, the rate doubles per period (slow start)
+  while under `CUT_FACTOR` of the trouble mark, and grows `GENTLE_PER_S` a second above;
+  the mark is forgotten once the rate is twice the mark (the tenant's limit moved);
+* a disconnect while draining (the queue overflowed after all) halves the rate, at most
+  once per `THROTTLE_QUIET_S` (the disconnects right after one come from the queue the
+  lower rate has not emptied yet); it sets the trouble mark too.
+
+The rate never leaves [floor, ceiling]: the ceiling is `cumulocity.max_lines_per_s` (this
+device's share), the floor `RATE_FLOOR_PER_S` (or the ceiling, if lower). It starts at
+`START_FRACTION` of the ceiling: with the default ceiling of 100000 that is a site's 1000
+lines/s, and slow start doubles it each period the latency stays flat.
 """
 
 from __future__ import annotations
 
-RATE_FLOOR_PER_S = 1.0  # never slower than this (unless configured slower)
-RECOVER_EVERY_S = 10.0
-RECOVER_FRACTION = 0.1  # of the configured rate, per RECOVER_EVERY_S
+import collections
+
+RATE_FLOOR_PER_S = 1.0  # never slower than this (unless the ceiling is lower)
+START_FRACTION = 0.01  # of the ceiling: the default 100000 a site starts at 1000
+ROUND_S = 0.1  # a latency period lasts at least this long (slow start: x2 per period)
+MARGIN_S = 0.05  # latency over the base that means "queued" (a shared machine's jitter)
+MARGIN_FRACTION = 0.5  # ... or this fraction of the base, if more (a long link's jitter)
+BASE_WINDOW_S = 30.0  # the base is the lowest latency of the last 30-60 s
+CUT_FACTOR = 0.75  # of the delivered rate, when the latency says the tenant queues
+GENTLE_PER_S = 0.05  # growth per second above CUT_FACTOR of the trouble mark
+FORGET_TROUBLE_AT = 2.0  # x the trouble mark: the limit has moved, slow start again
+DELIVERY_WINDOW_S = 1.0
+THROTTLE_QUIET_S = 10.0  # a disconnect halves at most once per this
+
+CUT, RAISED = "cut", "raised"  # what `DrainRate.acked` did
 
 
 class TokenBucket:
@@ -51,44 +81,186 @@ class TokenBucket:
         self.rate_per_s = rate_per_s
         self.tokens = min(self.tokens, rate_per_s)
 
+    def empty(self, now: float) -> None:
+        """No tokens left: what comes next waits for the rate."""
+        self._refill(now)
+        self.tokens = 0.0
+
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.stamp)
         self.tokens = min(self.rate_per_s, self.tokens + elapsed * self.rate_per_s)
         self.stamp = now
 
 
-class DrainRate:
-    """The current drain rate (lines/s): halved on throttling, recovered additively."""
+class BaseLatency:
+    """The lowest latency of the last BASE_WINDOW_S to 2 x BASE_WINDOW_S (two buckets), and
+    the threshold above which latency means the tenant queues."""
 
-    def __init__(self, configured_per_s: float, now: float):
-        self.configured = configured_per_s
-        self.floor = min(RATE_FLOOR_PER_S, configured_per_s)
-        self.current = configured_per_s
-        self.since = now  # the last change, or the start of the current stretch online
-        self.cut_at: float | None = None  # the last halving
+    def __init__(self) -> None:
+        self.older: float | None = None
+        self.newer: float | None = None
+        self.since: float | None = None  # start of the newer bucket
+
+    def add(self, latency: float, now: float) -> None:
+        if self.since is None or now - self.since >= BASE_WINDOW_S:
+            recent = self.since is not None and now - self.since < 2 * BASE_WINDOW_S
+            self.older, self.newer, self.since = self.newer if recent else None, None, now
+        self.newer = latency if self.newer is None else min(self.newer, latency)
+
+    @property
+    def value(self) -> float | None:
+        known = [v for v in (self.older, self.newer) if v is not None]
+        return min(known) if known else None
+
+    def threshold(self) -> float:
+        base = self.value or 0.0
+        return base + max(MARGIN_S, MARGIN_FRACTION * base)
+
+
+class Delivery:
+    """Lines acknowledged per second over the last DELIVERY_WINDOW_S (of this connection)."""
+
+    def __init__(self, now: float) -> None:
+        self.acks: collections.deque[tuple[float, int]] = collections.deque()
+        self.lines = 0
+        self.since = now
+
+    def restart(self, now: float) -> None:
+        self.acks.clear()
+        self.lines, self.since = 0, now
+
+    def add(self, lines: int, now: float) -> None:
+        self.acks.append((now, lines))
+        self.lines += lines
+        self._expire(now)
+
+    def rate(self, now: float) -> float:
+        self._expire(now)
+        span = min(DELIVERY_WINDOW_S, now - self.since)
+        return self.lines / max(span, ROUND_S)
+
+    def _expire(self, now: float) -> None:
+        while self.acks and now - self.acks[0][0] > DELIVERY_WINDOW_S:
+            self.lines -= self.acks.popleft()[1]
+
+
+class LatencyRound:
+    """One latency period: the lowest latency of the publishes sent after `opened` and
+    acknowledged since; complete after ROUND_S with at least one such sample. Its minimum,
+    not a mean: a pause of our own loop delays the PUBACKs of that moment only, a tenant
+    that queues delays every one."""
+
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.lowest: float | None = None
+
+    def add(self, sent_at: float, latency: float) -> None:
+        if sent_at >= self.opened:
+            self.lowest = latency if self.lowest is None else min(self.lowest, latency)
+
+    def complete(self, now: float) -> bool:
+        return self.lowest is not None and now - self.opened >= ROUND_S
+
+
+class DrainRate:
+    """The current drain rate (lines/s) of one device, between floor and ceiling: set by the
+    PUBACK latency while a backlog drains, halved by a disconnect (see the module)."""
+
+    def __init__(self, ceiling_per_s: float, now: float, start_per_s: float | None = None):
+        self.ceiling = ceiling_per_s
+        self.floor = min(RATE_FLOOR_PER_S, ceiling_per_s)
+        start = ceiling_per_s * START_FRACTION if start_per_s is None else start_per_s
+        self.current = min(self.ceiling, max(self.floor, start))
+        self.base = BaseLatency()
+        self.delivery = Delivery(now)
+        self.round = LatencyRound(now)
+        self.last_round: float | None = None  # the lowest latency of the last period
+        self.trouble: float | None = None  # delivered rate when the tenant last pushed back
+        self.cut_latency: float | None = None  # the period's latency at the last cut
+        self.changed_at = now  # the last cut or raise
+        self.throttled_at: float | None = None  # the last disconnect halving
+        self.held = False  # the rate held a backlog back since the last raise
+
+    # -- what the session reports ------------------------------------------------------------
+
+    def online(self, now: float) -> None:
+        """A new connection: delivery and latency periods count from now."""
+        self.delivery.restart(now)
+        self.round = LatencyRound(now)
+        self.held = False
+
+    def inflight_limit(self) -> float:
+        """Lines a draining device may have unacknowledged: the rate times the latency
+        threshold. Below the threshold it never binds (in flight = rate x latency); once the
+        tenant queues it does, so a rate that overshot queues at most this much of ours."""
+        return self.current * self.base.threshold()
+
+    def held_back(self) -> None:
+        """The rate (not the window, not a lack of rows) kept a backlog waiting just now."""
+        self.held = True
+
+    def acked(self, sent_at: float, lines: int, now: float, draining: bool) -> str | None:
+        """A PUBACK of `lines` buffered lines handed to paho at `sent_at`. While `draining`
+        (a backlog waits), a completed latency period may cut or raise the rate: CUT,
+        RAISED, or None (unchanged)."""
+        latency = max(0.0, now - sent_at)
+        self.base.add(latency, now)
+        self.delivery.add(lines, now)
+        self.round.add(sent_at, latency)
+        if not self.round.complete(now):
+            return None
+        self.last_round = self.round.lowest
+        self.round = LatencyRound(now)
+        if not draining:
+            self.held = False
+            return None
+        if self.last_round > self.base.threshold():
+            return self._cut(self.last_round, now)
+        self.cut_latency = None  # any queue we made is gone
+        return self._raise(now)
 
     def throttled(self, now: float) -> bool:
         """A disconnect while draining: halve (not below the floor, not twice within
-        RECOVER_EVERY_S). True if it changed."""
-        self.since = now
-        if self.cut_at is not None and 0 <= now - self.cut_at < RECOVER_EVERY_S:
+        THROTTLE_QUIET_S). True if it changed."""
+        if self.throttled_at is not None and 0 <= now - self.throttled_at < THROTTLE_QUIET_S:
             return False
+        self.throttled_at = now
+        self.trouble = min(self.current, self.delivery.rate(now) or self.current)
         before = self.current
-        self.current = max(self.floor, self.current / 2.0)
-        self.cut_at = now
+        self._set(max(self.floor, self.current / 2.0), now)
+        self.cut_latency = None
         return self.current != before
 
-    def restart_clock(self, now: float) -> None:
-        """Online again: recovery counts from now (time offline earns nothing)."""
-        self.since = now
+    # -- the decisions -----------------------------------------------------------------------
 
-    def recover(self, now: float) -> bool:
-        """Call while online: + a tenth of the configured rate per RECOVER_EVERY_S without
-        a disconnect, up to the configured rate. True if it changed."""
-        if self.current >= self.configured or now - self.since < RECOVER_EVERY_S:
-            return False
-        steps = int((now - self.since) // RECOVER_EVERY_S)
-        self.current = min(self.configured,
-                           self.current + steps * RECOVER_FRACTION * self.configured)
-        self.since += steps * RECOVER_EVERY_S
-        return True
+    def _cut(self, latency: float, now: float) -> str | None:
+        """The tenant queues: down to CUT_FACTOR of what it delivers, unless this is the queue
+        of the last cut draining (its latency lower than at the cut)."""
+        if self.cut_latency is not None and latency < self.cut_latency:
+            return None
+        self.cut_latency = latency
+        self.trouble = min(self.current, self.delivery.rate(now))
+        return CUT if self._set(max(self.floor, CUT_FACTOR * self.trouble), now) else None
+
+    def _raise(self, now: float) -> str | None:
+        """Latency flat and the rate the limit: x2 (slow start) up to CUT_FACTOR of the trouble
+        mark, GENTLE_PER_S a second above it; never above the ceiling."""
+        if not self.held:
+            return None
+        self.held = False
+        if self.trouble is not None and self.current >= FORGET_TROUBLE_AT * self.trouble:
+            self.trouble = None
+        knee = float("inf") if self.trouble is None else CUT_FACTOR * self.trouble
+        if self.current < knee:
+            wanted = min(2.0 * self.current, knee)
+        else:
+            wanted = self.current * (1.0 + GENTLE_PER_S * min(1.0, now - self.changed_at))
+        return RAISED if self._set(min(self.ceiling, wanted), now) else None
+
+    def _set(self, rate: float, now: float) -> bool:
+        changed = rate != self.current
+        self.current = rate
+        if changed:
+            self.changed_at = now
+            self.round = LatencyRound(now)
+        return changed

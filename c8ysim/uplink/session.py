@@ -31,10 +31,17 @@ credentials (and, until a connect is accepted, every CONNACK 5 after that). Any 
 refusal backs off like a lost connection.
 
 Throttling (§5): over the tenant's stream limit the platform queues, then disconnects. A
-connection lost while draining a backlog halves the drain rate (`pacing.DrainRate`, never
-below a floor, at most once per 10 s); each 10 s online without a disconnect gives back a tenth of the
-configured rate (`max_lines_per_s`, the constructor's argument), up to all of it. The rate
-in force is the heartbeat's `drain_rate`.
+backlog drains at `pacing.DrainRate`'s rate: it starts at a hundredth of the ceiling
+(`max_lines_per_s`, the constructor's argument: the default 100000 a site starts at 1000)
+and follows the PUBACK latency of the drain's publishes (each one's hand-over to paho is
+kept in `handed_at`): up while it stays near the lowest seen lately and the rate is what
+holds the backlog back, down to three quarters of what the tenant delivers once it rises
+(the tenant queues). While a backlog drains, the lines in flight are also held to the
+rate times the latency threshold (`_room`): a tenant that starts queueing holds that much
+of ours at most, however far the rate overshot. A connection lost while draining a backlog
+halves the rate as the backstop. Live traffic (no backlog) never changes it, and its few
+lines a tick go at once from the bucket's burst. The rate in force is the heartbeat's
+`drain_rate`; cuts and raises are logged once each per `RATE_LOG_EVERY_S`.
 
 The broker is not trusted either: `s/ds` and `s/e` messages over the platform's own limit
 (`MAX_INBOUND_BYTES`) are dropped unread, and beyond `INBOUND_BYTES_PER_S` they are dropped
@@ -59,7 +66,7 @@ from c8ysim.heartbeat import Link
 from c8ysim.storage import Buffer, Record
 from c8ysim.uplink import smartrest
 from c8ysim.uplink.operations import Action, Operations
-from c8ysim.uplink.pacing import DrainRate, TokenBucket
+from c8ysim.uplink.pacing import CUT, RAISED, DrainRate, TokenBucket
 from c8ysim.uplink.transport import (
     Connected, ConnectFailed, Connection, Disconnected, Endpoint, Message, NotConnected,
     Published, Subscribed, TlsSetupError, invalid_topic)
@@ -78,6 +85,7 @@ CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attem
 REGISTER_TIMEOUT_S = 30.0  # CONNACK to online (100 PUBACK, SUBACKs)
 QUICK_CLOSE_S = 5.0  # closed this soon after connect, before CONNACK: not an MQTT port?
 UNLIMITED_LINES_PER_S = 1e9
+RATE_LOG_EVERY_S = 30.0  # latency cuts, and raises: one info line each per this at most
 MAX_INBOUND_BYTES = 16384  # Cumulocity never sends more in one message; larger = hostile
 INBOUND_BYTES_PER_S = 32 * 1024  # parsing budget for s/ds + s/e (also the burst)
 INBOUND_MIN_COST_BYTES = 1024  # a message takes at least this much of the budget
@@ -111,13 +119,17 @@ class Session:
                  events: queue.SimpleQueue, reconnect_max_s: float, rng: random.Random,
                  max_lines_per_s: float = UNLIMITED_LINES_PER_S,
                  auth_retry_max_s: float | None = None,
-                 actions: Mapping[str, Action] | None = None):
+                 actions: Mapping[str, Action] | None = None,
+                 start_lines_per_s: float | None = None):
         self.endpoint, self.registration, self.buffer = endpoint, registration, buffer
         self.events, self.reconnect_max_s, self.rng = events, reconnect_max_s, rng
         # Refused credentials are tried again near this (the device may fall back sooner).
         self.auth_retry_max_s = min(auth_retry_max_s or reconnect_max_s, reconnect_max_s)
-        self.pace = TokenBucket(max_lines_per_s, time.monotonic())
-        self.drain = DrainRate(max_lines_per_s, time.monotonic())
+        # the backlog's rate: `max_lines_per_s` is its ceiling (pacing.DrainRate)
+        self.drain = DrainRate(max_lines_per_s, time.monotonic(), start_lines_per_s)
+        self.pace = TokenBucket(self.drain.current, time.monotonic())
+        self.rate_changes = collections.Counter()  # latency cuts and raises not logged yet
+        self.rate_logged_at: dict[str, float] = {}  # CUT, RAISED -> last logged
         self.backlogged = False  # the last read of the buffer found more rows than it took
         self.inbound_budget = TokenBucket(INBOUND_BYTES_PER_S, time.monotonic())
         self.note_inbound = logs.LineBudget(log, INBOUND_LOG_LINES, INBOUND_LOG_WINDOW_S,
@@ -136,6 +148,7 @@ class Session:
         self.connected_since: float | None = None  # wall clock, for the status page
         self.pending: dict[int, Callable[[], None] | None] = {}  # mid -> on PUBACK/SUBACK
         self.inflight: dict[int, list[int]] = {}  # publish mid -> buffered row ids
+        self.handed_at: dict[int, float] = {}  # publish mid -> when paho took it (monotonic)
         self.subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
         self.cursor = 0  # highest row id handed to paho on this connection
         # Rows read from the buffer (in order, after `cursor`) not yet handed to paho: read
@@ -163,10 +176,6 @@ class Session:
         elif self.state == Link.ONLINE:
             if self.failures and now - self.state_since >= STABLE_AFTER_S:
                 self.failures = 0
-            if self.drain.recover(now):
-                self.pace.set_rate(self.drain.current, now)
-                if self.drain.current >= self.drain.configured:
-                    log.info("draining at the configured %g lines/s again", self.drain.current)
             self._fill_window(now)
 
     def handle(self, event, now: float) -> None:
@@ -180,7 +189,8 @@ class Session:
         """Seconds until poll() has timed work to do (None: only events matter)."""
         if self.state == Link.DISCONNECTED:
             return max(0.0, self.retry_at - now)
-        if self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
+        room = self._room() if self.state == Link.ONLINE else 0
+        if room and room >= self._batch_wanted():
             wait = self.pace.wait_s(now, max(1, self._batch_wanted()))
             return wait if wait > 0 else None
         return 1.0
@@ -204,7 +214,7 @@ class Session:
             else self.state,
             "connected": self.state == Link.ONLINE,
             "connected_since": self.connected_since,
-            "inflight": sum(len(ids) for ids in self.inflight.values()),
+            "inflight": self._inflight_lines(),
             "sent": self.sent,
             "reconnects": self.reconnects,
             "attempts": self.attempts,
@@ -248,12 +258,13 @@ class Session:
         if was_online and self.backlogged and self.drain.throttled(now):
             self.pace.set_rate(self.drain.current, now)
             log.warning("lost the connection while draining a backlog: draining at %g "
-                        "lines/s from now on (configured %g)", self.drain.current,
-                        self.drain.configured)
+                        "lines/s from now on (max_lines_per_s %g)", self.drain.current,
+                        self.drain.ceiling)
         self.backlogged = False
         self.retry_at = now + delay
         self.last_error = reason
         self.inflight.clear()
+        self.handed_at.clear()
         self.pending.clear()
         self.subscriptions.clear()
         self.cursor = 0
@@ -329,10 +340,13 @@ class Session:
                 on_ack()
             return
         ids = self.inflight.pop(event.mid, None)
+        handed_at = self.handed_at.pop(event.mid, None)
         if ids:
             self.buffer.ack(ids)
             self.sent += len(ids)
             self.last_ack = time.time()
+            if handed_at is not None:
+                self._pace_by_latency(handed_at, len(ids), now)
             self._fill_window(now)
 
     def _after_device_created(self) -> None:
@@ -364,7 +378,8 @@ class Session:
         self.operations.resume(self._send_session)
         self._send_session(smartrest.get_pending_operations())
         self._enter(Link.ONLINE, now)
-        self.drain.restart_clock(now)
+        self.drain.online(now)
+        self.pace.empty(now)  # no burst into a tenant whose queue may be full still
         self.connected_since = time.time()
         self.last_error = None
         log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
@@ -425,9 +440,12 @@ class Session:
     # -- draining the buffer ------------------------------------------------------------------
 
     def _fill_window(self, now: float) -> None:
-        while self.state == Link.ONLINE and len(self.inflight) < WINDOW_PUBLISHES:
-            budget = min(ROWS_PER_PEEK, self.pace.available(now))
+        while self.state == Link.ONLINE:
+            room, tokens = self._room(), self.pace.available(now)
+            budget = min(ROWS_PER_PEEK, tokens, room)
             if not budget or budget < self._batch_wanted():
+                if self.backlogged and tokens < room:
+                    self.drain.held_back()  # the rate, not the window, holds it back
                 return  # a backlog goes out a batch at a time (wakeup_in says when)
             if not self.lookahead:
                 rows = self._peek(budget + 1)
@@ -444,6 +462,29 @@ class Session:
             self.lookahead = [r for r in rows if r.id > self.cursor] + self.lookahead
             if not handed:
                 return
+
+    def _pace_by_latency(self, handed_at: float, lines: int, now: float) -> None:
+        """A drain publish's PUBACK: the rate follows its latency while a backlog waits."""
+        change = self.drain.acked(handed_at, lines, now, self.backlogged)
+        if change is None:
+            return
+        self.pace.set_rate(self.drain.current, now)
+        self.rate_changes[change] += 1
+        logged = self.rate_logged_at.get(change)
+        if logged is None or now - logged >= RATE_LOG_EVERY_S:
+            self._log_rate(change, now)
+
+    def _log_rate(self, change: str, now: float) -> None:
+        """One info line for a cut (or a raise) and the changes not logged before it."""
+        drain = self.drain
+        why = ("the tenant queues: PUBACK latency %.0f ms, over %.0f ms (lowest lately)" if
+               change == CUT else "PUBACK latency %.0f ms, near %.0f ms (lowest lately)")
+        log.info("draining at %g lines/s (max_lines_per_s %g): " + why
+                 + "; %d cut(s), %d raise(s) since the last report", round(drain.current, 1),
+                 drain.ceiling, 1000 * (drain.last_round or 0), 1000 * (drain.base.value or 0),
+                 self.rate_changes[CUT], self.rate_changes[RAISED])
+        self.rate_changes.clear()
+        self.rate_logged_at[change] = now
 
     def _batch_wanted(self) -> int:
         """Lines the bucket should hold before the next publish: a batch's worth while more
@@ -492,9 +533,25 @@ class Session:
             self._quarantine(batch, f"publish refused: {type(exc).__name__}: {exc}")
             return True
         self.inflight[mid] = [r.id for r in batch]
+        self.handed_at[mid] = now
         self.cursor = batch[-1].id
         self.pace.take(len(batch), now)
         return len(self.inflight) < WINDOW_PUBLISHES
+
+    def _room(self) -> int:
+        """Lines the window takes now: none once WINDOW_PUBLISHES are in flight; while a
+        backlog drains, up to a latency threshold's worth of the rate in flight (at least a
+        batch): what a tenant that starts queueing can hold of ours, whatever the rate
+        (`DrainRate.inflight_limit`)."""
+        if len(self.inflight) >= WINDOW_PUBLISHES:
+            return 0
+        if not self.backlogged:
+            return ROWS_PER_PEEK
+        limit = max(self.drain.inflight_limit(), self._batch_wanted())
+        return max(0, int(limit) - self._inflight_lines())
+
+    def _inflight_lines(self) -> int:
+        return sum(len(ids) for ids in self.inflight.values())
 
 
 def pack(rows: list[Record], limit: int = smartrest.MAX_PAYLOAD_BYTES):
