@@ -13,11 +13,12 @@ publisher (bench_drain.bare_paho: one line per QoS 1 publish, 20 in flight) send
 the same path, and every figure is also given as a ratio to it.
 
     .venv/bin/python bench/bench_agent_drain.py [--interval 2] [--window 20]
-                                                [--cases 0:100,0:1000,0:0,50:1000,50:0]
+                                [--cases 0:100,0:1000,0:default,50:1000,50:default]
 
 A case is RTT_MS:MAX_LINES_PER_S, 0 for the rate meaning the most the config takes
-(100000). Figures only:
-the machine is shared. `--markdown FILE` writes the table.
+(100000), `default` for no max_lines_per_s in the YAML (what a user gets; printed as the
+config's default value, the line marked "the default"). Figures only: the machine is
+shared. `--markdown FILE` writes the table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ START_TIMEOUT_S = 60.0
 DRAINED_ROWS = 10  # per device: what live readings leave in the buffer at any time
 UNLIMITED = 100_000  # the most cumulocity.max_lines_per_s takes
 BARE_ROWS = {0: 20_000, 50: 5_000}  # one publish per row at 50 ms RTT is slow: fewer rows
+DEFAULT = None  # a case's rate: max_lines_per_s left out of the YAML
+
+
+def default_rate() -> float:
+    """cumulocity.max_lines_per_s when the YAML does not set it."""
+    from c8ysim.config import CumulocityConfig
+    return CumulocityConfig.__dataclass_fields__["max_lines_per_s"].default
+
+
+def effective(rate: float | None) -> float:
+    """The max_lines_per_s a case runs with."""
+    return default_rate() if rate is DEFAULT else rate or UNLIMITED
+
+
+def shown(rate: float | None) -> str:
+    return f"{effective(rate):g}" + (" (default)" if rate is DEFAULT else "")
 
 
 @dataclass
@@ -79,18 +96,19 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def config_text(state: Path, port: int, status_port: int, interval_s: float,
-                rate: float) -> str:
+                rate: float | None) -> str:
+    limit = "" if rate is DEFAULT else f", max_lines_per_s: {float(rate)!r}"
     devices = "".join(f"  - {{name: {name}, type: {kind}, interval_s: {interval_s:g}, "
                       f"external_id: c8ysim-bench-{name}}}\n" for name, kind in DEVICES)
     return ("site: {latitude: 52.52, longitude: 13.40, timezone: Europe/Berlin, seed: 1}\n"
             f"cumulocity: {{host: 127.0.0.1, port: {port}, tenant: t1, user: u, "
-            f"password: secret, reconnect_max_s: 2, max_lines_per_s: {float(rate)!r}}}\n"
+            f"password: secret, reconnect_max_s: 2{limit}}}\n"
             f"storage: {{path: '{state}', max_records: 10000000}}\n"
             f"status: {{listen: '127.0.0.1:{status_port}'}}\nlog_level: warning\n"
             "devices:\n" + devices)
 
 
-def write_config(directory: Path, port: int, interval_s: float, rate: float) -> Path:
+def write_config(directory: Path, port: int, interval_s: float, rate: float | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "c8ysim.yaml"
     path.write_text(config_text(directory / "state", port, free_port(), interval_s, rate))
@@ -125,12 +143,12 @@ def depth(state: Path) -> int:
     return total
 
 
-def drain(workdir: Path, template: Path, broker_port: int, rtt_ms: float, rate: float,
-          interval_s: float, window_s: float) -> Result:
-    run_dir = workdir / f"run-{rtt_ms:g}-{rate:g}-{time.monotonic_ns()}"
+def drain(workdir: Path, template: Path, broker_port: int, rtt_ms: float,
+          rate: float | None, interval_s: float, window_s: float) -> Result:
+    run_dir = workdir / f"run-{rtt_ms:g}-{effective(rate):g}-{time.monotonic_ns()}"
     proxy = DelayProxy(broker_port, rtt_ms / 1000.0) if rtt_ms else None
     config = write_config(run_dir, proxy.port if proxy else broker_port, interval_s,
-                          rate or UNLIMITED)
+                          rate if rate is DEFAULT else rate or UNLIMITED)
     shutil.copytree(template, run_dir / "state")
     state = run_dir / "state"
     start_rows = depth(state)
@@ -177,7 +195,7 @@ def _watch(proc, state: Path, start_rows: int, started: float, rtt_ms, rate, win
         if finished or now >= deadline:
             seconds = now - first_at
             drained = first_rows - rows
-            return Result(rtt_ms, rate or UNLIMITED, drained, seconds,
+            return Result(rtt_ms, effective(rate), drained, seconds,
                           drained / seconds if seconds else 0.0, finished,
                           now - started if finished else None,
                           tree_cpu_s(proc.pid) - first_cpu)
@@ -209,14 +227,16 @@ def run(args) -> list[str]:
                            args.window)
             ratio = result.rate / bare[rtt_ms]
             day_s = rows / result.rate if result.rate else float("inf")
-            shown = f"{rate or UNLIMITED:g}"
+            label = shown(rate)
             span = (f"all {result.rows} rows in {result.seconds:.1f} s" if result.finished
                     else f"{result.rows} rows in a {result.seconds:.0f} s window")
-            print(f"  agent, RTT +{rtt_ms:g} ms, max_lines_per_s {shown}: {result.rate:9,.0f} "
-                  f"lines/s = {ratio:6.3f} x bare paho ({span}; a day of backlog: "
+            mark = "the default; " if rate is DEFAULT else ""
+            print(f"  agent, RTT +{rtt_ms:g} ms, max_lines_per_s {effective(rate):g}: "
+                  f"{result.rate:9,.0f} lines/s = {ratio:6.3f} x bare paho ({mark}{span}; "
+                  f"a day of backlog: "
                   f"{day_s / 60:.1f} min; agent CPU {result.cpu_s:.1f} s = "
                   f"{result.cpu_s / max(1, result.rows) * 1e6:.0f} µs per line)")
-            table.append(f"| {rtt_ms:g} ms | {shown} | {span} | {result.rate:,.0f} lines/s | "
+            table.append(f"| {rtt_ms:g} ms | {label} | {span} | {result.rate:,.0f} lines/s | "
                          f"{ratio:.3f} | {day_s / 60:.1f} min | "
                          f"{result.cpu_s / max(1, result.rows) * 1e6:.0f} µs |")
         table += ["", f"Bare paho in the same run: " + ", ".join(
@@ -231,7 +251,7 @@ def parse_cases(text: str) -> list[tuple[float, float]]:
     cases = []
     for item in text.split(","):
         rtt, _, rate = item.partition(":")
-        cases.append((float(rtt), float(rate)))
+        cases.append((float(rtt), DEFAULT if rate.strip() == "default" else float(rate)))
     return cases
 
 
@@ -242,7 +262,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20.0,
                         help="longest measured span of a case (rate-limited drains)")
     parser.add_argument("--cases", type=parse_cases,
-                        default=parse_cases("0:100,0:1000,0:0,50:1000,50:0"))
+                        default=parse_cases("0:100,0:1000,0:default,50:1000,50:default"),
+                        help="RTT_MS:MAX_LINES_PER_S,... (0: 100000; default: not in the YAML)")
     parser.add_argument("--markdown", help="write the table to this file")
     args = parser.parse_args()
     table = run(args)
