@@ -45,7 +45,8 @@ from c8ysim.notify import Notifier
 from c8ysim.states import IDLE, Action, ChildState, Death, Event, Policy, next_state
 from c8ysim.status.server import StatusServer
 
-LOOP_TIMEOUT_S = 0.5  # longest select() wait: the loop turns at least this often
+LOOP_TIMEOUT_S = 1.0  # longest select() wait: the loop turns at least this often (signals,
+# beats, requests and due restarts wake it sooner)
 START_STAGGER_S = 0.1  # due restarts are forked at most one per this interval
 STATUS_EVERY_S = 2.0  # STATUS= to systemd at most this often (and only on change)
 HEALTHY_LOOP_LAG_S = 5 * LOOP_TIMEOUT_S  # /healthz fails when the loop lags this much
@@ -182,8 +183,8 @@ class Supervisor:
         self._pet(now)
 
     def _select_timeout(self, now: float) -> float:
-        deadlines = [c.next_start_at for c in self.children.values()
-                     if c.state is ChildState.BACKOFF]
+        deadlines = [max(c.next_start_at, self._next_stagger_at)  # not a spin while staggered
+                     for c in self.children.values() if c.state is ChildState.BACKOFF]
         if self._watchdog_s:
             deadlines.append(self._next_pet_at)
         return max(0.0, min([now + LOOP_TIMEOUT_S, *deadlines]) - now)
