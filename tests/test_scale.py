@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from c8ysim import config, exits, group, supervisor
 from c8ysim.states import ChildState
+import conftest
 from conftest import children_of, free_port, wait_until, write_config
 from test_restart import send_operation, upstream
 from test_supervisor import alive, rewrite_devices
@@ -234,3 +237,71 @@ def test_a_reload_to_groups_forks_a_group_only_once_its_devices_old_processes_ar
             < started
     assert len(children_of(agent.proc.pid)) == 2
     assert agent.stop() == 0
+
+
+# A device whose buffer cannot open while a marker file lies beside it (the failure a full or
+# broken disk gives one device); the rest is the real agent: supervisor, group, devices.
+BROKEN_BUFFER_AGENT = """
+import os, sys
+from c8ysim import group, main
+real_open = group.open_buffer
+def open_buffer(storage, name):
+    if os.path.exists(os.path.join(storage.path, name + ".broken")):
+        raise OSError("disk on fire (test)")
+    return real_open(storage, name)
+group.open_buffer = open_buffer
+sys.exit(main.main(["run", "--config", sys.argv[1]]))
+"""
+
+
+class BrokenBufferAgent(conftest.Agent):
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BROKEN_BUFFER_AGENT, str(self.config)], cwd=conftest.REPO,
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self.proc.poll() is not None or self.get("/healthz") == 200, 20,
+                   what="the status page")
+        return self
+
+
+@pytest.mark.timeout(90)
+def test_a_device_failing_in_its_group_goes_fatal_alone_and_a_reload_retries_it(
+        tmp_path, mosquitto):
+    """Default restart policy: five quick deaths (backoff 1, 2, 4, 8 s with full jitter) make
+    the device FATAL; its three neighbours keep their process and publish throughout."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pv-2.broken").touch()
+    status_port = free_port()
+    cfg = write_config(tmp_path, mosquitto.port, status_port, interval_s=0.5,
+                       devices=TEN[:4], extra=GROUPED)
+    agent = BrokenBufferAgent(cfg, status_port)
+    try:
+        agent.start()
+        neighbours = ("pv-0", "pv-1", "pv-3")
+        wait_until(lambda: all(agent.devices()[n]["connected"] for n in neighbours), 20,
+                   what="the neighbours online")
+        group_pid = agent.devices()["pv-0"]["pid"]
+        sent = {n: agent.devices()[n]["sent"] for n in neighbours}
+        wait_until(lambda: agent.devices()["pv-2"]["state"] == "fatal", 45,
+                   what="pv-2 FATAL")
+        view = agent.devices()
+        assert not view["pv-2"]["connected"] and view["pv-2"]["restarts"] >= 4
+        assert "cannot open the buffer" in view["pv-2"]["last_exit"]
+        assert {view[n]["pid"] for n in (*neighbours, "pv-2")} == {group_pid}
+        assert children_of(agent.proc.pid) == [group_pid]
+        wait_until(lambda: all(agent.devices()[n]["sent"] > sent[n] for n in neighbours), 10,
+                   what="the neighbours still publishing")
+        assert all(view[n]["state"] == "running" and view[n]["restarts"] == 0
+                   for n in neighbours)
+        assert "<3>pv-2: FATAL after cannot open the buffer" in agent.log_text()
+        assert agent.get("/healthz") == 200
+
+        (state / "pv-2.broken").unlink()  # the disk repaired: a reload tries it again
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: agent.devices()["pv-2"]["connected"], 20, what="pv-2 back online")
+        assert all(d["state"] == "running" for d in agent.devices().values())
+        assert agent.stop() == 0
+    finally:
+        agent.cleanup()
