@@ -256,11 +256,12 @@ class SqliteStore:
             self.db.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
 
     def counters(self, now: float) -> Counters:
-        with self._errors():
-            depth, size = self.db.execute("SELECT depth, bytes FROM counts").fetchone()
-            oldest = self._one("SELECT created FROM outbox ORDER BY id LIMIT 1")
-            quarantined = self._one("SELECT count(*) FROM quarantine")
-            self.dropped = int(self.get_meta(DROPPED_KEY)[1] or 0)
+        with self._errors():  # one statement: one read transaction a heartbeat
+            depth, size, oldest, quarantined, dropped = self.db.execute(
+                "SELECT depth, bytes, (SELECT created FROM outbox ORDER BY id LIMIT 1), "
+                "(SELECT count(*) FROM quarantine), (SELECT value FROM meta WHERE key = ?) "
+                "FROM counts", (DROPPED_KEY,)).fetchone()
+            self.dropped = int(dropped or 0)
         return Counters(depth, oldest, size, self.dropped, quarantined)
 
     def file_state(self) -> str | None:
