@@ -81,14 +81,14 @@ def test_rising_latency_cuts_to_three_quarters_of_the_delivered_rate_once_per_pe
     assert later[0][2] == pytest.approx(pacing.CUT_FACTOR * changes[0][2], rel=0.02)
 
 
-def test_a_draining_queue_does_not_cut_twice():
+def test_once_the_queue_is_gone_it_stops_cutting_and_grows_again():
     rate = DrainRate(10000.0, now=0.0, start_per_s=5000.0)
     feed(rate, 0.0, 2.0, latency=0.005, held=False)
     assert [c[1] for c in feed(rate, 2.0, 0.4, latency=0.3, held=False)] == [CUT]
     cut = rate.current
-    for i in range(25):  # the queue shrinks: the latency falls 10 ms per 40 ms
-        assert feed(rate, 2.4 + 0.04 * i, 0.04, latency=0.3 - 0.01 * i, held=False) == []
-    assert rate.current == cut and rate.cut_latency is not None
+    assert feed(rate, 2.4, 0.05, latency=0.04, held=False) == []  # under the threshold
+    assert rate.current == cut
+    assert {c[1] for c in feed(rate, 2.45, 1.0, latency=0.005)} == {RAISED}
 
 
 def test_a_single_late_puback_does_not_cut_the_lowest_of_a_period_counts():
@@ -147,7 +147,7 @@ DEVICES = [("pv-roof", "pv"), ("heatpump", "heatpump"), ("grid-meter", "grid")]
 LIMIT_LINES_PER_S = 600  # the tenant's "Limit stream requests", over all devices
 QUEUE_LINES = 1200  # its "Limit stream queue": 2 s at the limit
 BACKLOG = 3000  # readings a device: 15 s at the limit for the three
-NEAR = 0.7  # the drain's rate must reach this fraction of the limit
+NEAR = 0.8  # the drain must reach this fraction of the limit (measured: 0.96-1.06)
 
 
 @pytest.mark.timeout(120)
@@ -156,7 +156,9 @@ def test_the_default_rate_drains_near_the_tenant_limit_without_overflowing_it(
     """With no max_lines_per_s in the YAML (ceiling 100000) three devices drain a backlog
     through a tenant limit of 600 lines/s with a 1200-line queue. The old fixed default of
     1000 lines/s overflows that queue within 3 s; a fixed 100000 overflows it at once (20
-    publishes of up to 64 lines in flight per device are 3840 lines)."""
+    publishes of up to 64 lines in flight per device are 3840 lines). The drain rates the
+    devices report at the end are printed, not checked: a device whose backlog ends while
+    the others' have ended keeps the rate it reached alone, untested by a queue."""
     status_port = free_port()
     with tenant_context() as tenant:
         config = write_config(tmp_path, tenant.port, status_port, interval_s=10,
@@ -193,7 +195,6 @@ def test_the_default_rate_drains_near_the_tenant_limit_without_overflowing_it(
         assert disconnects <= 1, stats.overflows
         assert stats.max_queued_lines > 0  # the limit was reached: the rate had to find it
         assert total / drain_s >= NEAR * LIMIT_LINES_PER_S
-        assert sum(rates.values()) <= 1.5 * LIMIT_LINES_PER_S  # it did not run away
         assert "the tenant queues: PUBACK latency" in agent.log_text()
         assert agent.stop() == 0
         assert tenant.violations == [], tenant.violations
