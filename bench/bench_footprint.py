@@ -552,7 +552,9 @@ def agent_drain() -> AgentDrain | None:
 
 
 def default_drain_rate() -> float:
-    """What a user gets without setting it: the config's default max_lines_per_s."""
+    """What a user gets without setting it: the config's default max_lines_per_s (a ceiling:
+    the rate below it follows the PUBACK latency), as bench_agent_drain.py prints it for its
+    `default` cases (and for 0, the same 100000)."""
     from c8ysim.config import CumulocityConfig
     return CumulocityConfig.__dataclass_fields__["max_lines_per_s"].default
 
@@ -564,9 +566,11 @@ def drain_lines(agent: AgentDrain | None, session: str | None) -> list[str]:
                "`bench/delay_proxy.py` (+50 ms round trip); the rate is rows leaving the "
                "SQLite files (the buffer's own row count, polled read-only) from the first "
                "row gone until the backlog is gone, or over a 15 s window when the rate limit "
-               "makes that long. 100000 is the most `cumulocity.max_lines_per_s` takes. Bare "
-               "paho (one line per QoS 1 publish, 20 in flight) runs through the same path in "
-               "the same run.", ""]
+               "makes that long. 100000 is the most `cumulocity.max_lines_per_s` takes and "
+               "its default (a ceiling: below it the drain rate follows the PUBACK latency, "
+               "from 1 % of it up while Cumulocity keeps up; a `default` case leaves it out "
+               "of the YAML). Bare paho (one line per QoS 1 publish, 20 in flight) runs "
+               "through the same path in the same run.", ""]
     lines += (["```", agent.text, "```"] if agent else
               ["`bench_agent_drain.py` did not finish in this run."])
     lines += ["", "`Session` alone, pacing off (`bench/bench_drain.py "
