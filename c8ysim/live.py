@@ -65,7 +65,8 @@ class LiveFiles:
     def __init__(self, state_dir: str | os.PathLike, device: str | None = None):
         self.directory = Path(state_dir) / DIRECTORY
         self.device = device
-        self._seen: tuple | None = None
+        self._seen: tuple | None = None  # names and inodes; None: no directory
+        self._looked = False
         self._complained: set[tuple[str, str]] = set()
 
     def changed(self) -> bool:
@@ -78,9 +79,9 @@ class LiveFiles:
                 signature = tuple(sorted((e.name, e.inode()) for e in entries))
         except OSError:
             signature = None
-        if signature == self._seen and self._seen is not None:
-            return False
-        self._seen = signature
+        if self._looked and signature == self._seen:
+            return False  # a directory still missing is no change either (the usual case)
+        self._looked, self._seen = True, signature
         return True
 
     def read(self) -> Overlay:

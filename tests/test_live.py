@@ -38,6 +38,17 @@ def test_a_device_writes_its_own_file_and_every_device_reads_all(tmp_path):
         reader.add_scenario(Scenario(WEATHER, "clear", "", 1, start=NOW), NOW)
 
 
+def test_a_missing_directory_is_one_change_not_one_per_look(tmp_path):
+    """No live file yet (the usual case): the device reads the overlay once, not at every
+    look; the first file written is a change."""
+    reader = LiveFiles(tmp_path / "state")
+    assert reader.changed() and reader.read() == live.Overlay()
+    assert not reader.changed() and not reader.changed()
+    LiveFiles(tmp_path / "state", "pv").set_settings({"peak_kw": 8.0}, None)
+    assert reader.changed() and reader.read().params == {"pv": {"peak_kw": 8.0}}
+    assert not reader.changed()
+
+
 def test_the_overlay_changes_parameters_and_adds_scenarios_to_the_site(tmp_path):
     site = config.load(str(write_config(tmp_path, 1, 2))).site
     pv = LiveFiles(tmp_path, "pv-roof")
