@@ -36,10 +36,12 @@ from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink.transport import Endpoint
 
 HEARTBEAT_INTERVAL_S = 1.0
-# A beat due shortly before a reading waits for it and goes out once the reading is
-# acknowledged: one wake-up of the loop for both, a beat with the reading in it.
+# A beat goes out in the turn that follows a reading's acknowledgement when it is due
+# within BEAT_LATE_S either way: it waits for a reading due just after it, and goes early
+# after one read just before it. One wake-up of the loop for both, whatever the phase.
 BEAT_LATE_S = 0.5
-BEAT_EARLY_S = 0.1  # a beat this close to due goes out in a turn that is awake anyway
+BEAT_EARLY_S = 0.1  # in any other turn, a beat this close to due goes out
+JUST_READ_S = 0.25  # a turn this soon after a reading follows it (its PUBACK)
 MAX_WAIT_S = 1.0  # longest sleep of the loop (parent check; SIGTERM wakes it at once)
 AUTH_RETRY_WITH_FALLBACK_S = 30.0  # refused logins retried within this: ~1 min to fall back
 MODEL_STATE_KEY = "model.state"
@@ -74,6 +76,7 @@ class Device:
         self.events = queue.SimpleQueue() if events is None else events
         self.beat_fields = beat_fields  # () -> dict, or None
         self.next_tick = self.next_heartbeat = 0.0
+        self.read_at = -1e9  # monotonic time of the last reading the loop took
         self.control = Control(config, device, self.reading_now, self.status_text)
         self.model = sim.build_model(self.control.site, device.name)
         self.configuration = self.control.configuration()
@@ -270,6 +273,7 @@ class Device:
                                  now + _until_next_slot_s(self.control.interval_s))
         if now >= self.next_tick:
             read = self.tick()
+            self.read_at = now
             # Scheduled on the monotonic clock, aimed at the wall-clock multiple of the
             # interval after the slot just read: all devices read at the same timestamps,
             # a loop woken a little early does not wake again for the same slot, and a jump
@@ -286,11 +290,15 @@ class Device:
         return False
 
     def _beat_due(self, now: float) -> bool:
-        """Once a second; a beat due just before a reading waits for it (at most
-        BEAT_LATE_S) and goes out in the turn of its acknowledgement."""
+        """About once a second, in the turn after a reading's acknowledgement if one is near
+        (at most BEAT_LATE_S late or early)."""
         if now >= self.next_heartbeat + BEAT_LATE_S:
             return True
-        return now >= self.next_heartbeat - BEAT_EARLY_S and not self._beat_waits()
+        if self._beat_waits():
+            return False
+        after_reading = (now - self.read_at < JUST_READ_S
+                         and self.next_tick - now >= BEAT_LATE_S)  # not readings faster
+        return now >= self.next_heartbeat - (BEAT_LATE_S if after_reading else BEAT_EARLY_S)
 
     def _beat_waits(self) -> bool:
         """A reading is due within BEAT_LATE_S after the beat, or one is not acknowledged

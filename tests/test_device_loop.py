@@ -21,6 +21,7 @@ def loop(next_heartbeat: float, next_tick: float, inflight: int = 0) -> Device:
     d.session = types.SimpleNamespace(inflight=dict.fromkeys(range(inflight)),
                                       wakeup_in=lambda now: None)
     d.bootstrap = None
+    d.read_at = -1e9
     return d
 
 
@@ -45,6 +46,22 @@ def test_a_beat_waits_for_the_acknowledgement_of_a_reading_in_flight():
     d.session.inflight.clear()
     assert d._beat_due(10.1)
     assert d._beat_due(10.0 + BEAT_LATE_S) and loop(10.0, 11.0, 3)._beat_due(10.0 + BEAT_LATE_S)
+
+
+def test_a_beat_due_soon_after_a_reading_goes_out_with_its_acknowledgement():
+    """Whatever the phase of beats and readings, they come to share a wake-up."""
+    d = loop(next_heartbeat=10.3, next_tick=11.0)
+    assert not d._beat_due(10.0)  # no reading just now: only BEAT_EARLY_S early
+    d.read_at = 10.0 - 0.002  # the PUBACK turn of a reading
+    assert d._beat_due(10.0)
+    assert not loop(10.0 + BEAT_LATE_S + 0.01, 11.0)._beat_due(10.0)
+
+
+def test_readings_faster_than_beats_do_not_make_beats_faster():
+    d = loop(next_heartbeat=10.3, next_tick=10.25)
+    d.read_at = 10.0
+    assert not d._beat_due(10.0)
+    assert d._beat_due(10.3 - BEAT_EARLY_S)
 
 
 def test_a_reading_due_before_the_beat_does_not_hold_it():
