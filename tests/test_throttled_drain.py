@@ -1,14 +1,16 @@
 """Three devices drain a backlog of 400 readings each through the fake tenant's
 tenant-wide stream limit (reference §5: over the limit the platform queues, and when the
-queue overflows it disconnects the device that overflowed it). The sessions halve their
-drain rate after such a disconnect (the backstop of the latency control) and win it back;
-every line must arrive exactly once and in order per device, with few disconnects. The
-figures are printed (`-s`).
+queue overflows it disconnects the device that overflowed it), with a max_lines_per_s set
+above the limit. The sessions see the PUBACKs come later once the tenant queues and cut
+their drain rate (`pacing.DrainRate`); every line must arrive exactly once and in order
+per device, with at most one disconnect. The figures are printed (`-s`).
 
-The latency control (`pacing.DrainRate`, test_drain_rate.py) sees a queue of a useful size
-fill and keeps a device's lines in flight to the rate times the latency threshold, so a
-queue of 120 lines no longer overflows; this tenant's queue holds 6 lines (two devices'
-batches at this max_lines_per_s), too few for the latency to show, so the backstop works."""
+Before the latency control this limit overflowed the queue and the sessions adapted by
+halving after each disconnect (1-12 of them); now the queue is not meant to overflow. The
+halving itself (the backstop) is tested in test_session.py and test_drain_rate.py: a
+tenant queue too small for the latency to show (a few lines) is overflowed by a
+reconnecting device's own registration lines, which makes the disconnect count of such a
+run a matter of reconnect timing, not a check."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from fake_tenant import FakeTenant, parse_smartrest
 
 DEVICES = [("pv-roof", "pv"), ("heatpump", "heatpump"), ("grid-meter", "grid")]
 LIMIT_LINES_PER_S = 60  # the tenant's "Limit stream requests", over all devices
-QUEUE_LINES = 6  # its "Limit stream queue": below what latency control can see
+QUEUE_LINES = 120  # its "Limit stream queue"
 MAX_LINES_PER_S = 100  # cumulocity.max_lines_per_s: the site's budget, over the limit
 BACKLOG = 400  # readings a device, 10 s apart, ending before the agent starts
 SESSION_TEMPLATES = {"100", "110", "112", "113", "114", "117", "500"}
@@ -92,9 +94,10 @@ def test_three_backlogs_drain_through_the_tenant_limit_exactly_once_in_order(
             live = got[len(lines):]  # read since the start: newer, and each once
             times = [f[2] for f in live if f[0] == "201"]
             assert times == sorted(set(times)) and (not times or times[0] > lines[-1][2])
-        assert 1 <= disconnects <= 12, stats.overflows  # throttled, and it adapted
+        assert disconnects <= 1, stats.overflows  # the latency showed the queue in time
+        assert stats.max_queued_lines > 0  # the limit was reached
         assert drain_s < 3 * total / LIMIT_LINES_PER_S + 10
-        assert "lost the connection while draining a backlog: draining at" in agent.log_text()
+        assert "the tenant queues: PUBACK latency" in agent.log_text()
         assert all(d["rejected"] == 0 for d in devices.values())
         metrics = agent.get("/metrics").decode()
         assert all(f'c8ysim_drain_rate_lines_per_second{{device="{name}"}} ' in metrics

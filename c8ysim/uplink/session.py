@@ -35,7 +35,7 @@ backlog drains at `pacing.DrainRate`'s rate: it starts at a hundredth of the cei
 (`max_lines_per_s`, the constructor's argument: the default 100000 a site starts at 1000)
 and follows the PUBACK latency of the drain's publishes (each one's hand-over to paho is
 kept in `handed_at`): up while it stays near the lowest seen lately and the rate is what
-holds the backlog back, down to three quarters of what the tenant delivers once it rises
+holds the backlog back, down to four fifths of what the tenant delivers once it rises
 (the tenant queues). While a backlog drains, the lines in flight are also held to the
 rate times the latency threshold (`_room`): a tenant that starts queueing holds that much
 of ours at most, however far the rate overshot. A connection lost while draining a backlog
@@ -379,7 +379,6 @@ class Session:
         self._send_session(smartrest.get_pending_operations())
         self._enter(Link.ONLINE, now)
         self.drain.online(now)
-        self.pace.empty(now)  # no burst into a tenant whose queue may be full still
         self.connected_since = time.time()
         self.last_error = None
         log.log(logs.NOTICE, "online as %s", self.endpoint.client_id)
