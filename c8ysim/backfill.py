@@ -3,7 +3,8 @@
 The models are pure functions of time, so yesterday can be generated at any speed. The rows
 go into the device's own buffer (through its store, which numbers them: a running device
 keeps every live reading and sends the backfill after what it had queued) and the device
-drains them like any backlog, in timestamp order, paced by `cumulocity.max_lines_per_s`.
+drains them like any backlog, in timestamp order, as fast as Cumulocity takes them (the
+drain rate follows the PUBACK latency, below `cumulocity.max_lines_per_s`).
 Readings are streamed to the store in transactions, never held all at once.
 
 Timestamps are the device's own interval grid: the multiples of `interval_s` since the epoch

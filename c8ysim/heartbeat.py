@@ -57,7 +57,7 @@ class Heartbeat:
     inbound_ignored: int = 0  # operation lines ignored (malformed, not ours, unsupported)
     rejected: int = 0  # error lines the platform sent on s/e for our lines (not the expected)
     rejections: list | None = None  # the last few: [[epoch, "the s/e line"], ...]
-    drain_rate: float | None = None  # lines/s a backlog drains at now (lower after throttling)
+    drain_rate: float | None = None  # lines/s a backlog drains at now (uplink.pacing)
     faults: list | None = None  # active faults and forced weather: [[name, device, end], ...]
     overrides: dict | None = None  # settings set from Cumulocity: {"peak_kw": 8.0, ...}
     # Only from a group process (scale mode), which beats once a second for each device:

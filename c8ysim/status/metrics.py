@@ -47,7 +47,7 @@ DEVICE_FAMILIES = (
     ("c8ysim_rejected_total", "counter", "Lines the platform rejected after acknowledging "
      "them (its s/e error lines; since the child started).", lambda d: d.get("rejected")),
     ("c8ysim_drain_rate_lines_per_second", "gauge", "Lines per second a backlog drains at "
-     "now: max_lines_per_s, halved after each disconnect while draining, recovering.",
+     "now: found from the PUBACK latency, below max_lines_per_s.",
      lambda d: d.get("drain_rate")),
     ("c8ysim_last_ack_timestamp_seconds", "gauge", "Wall-clock time of the last broker ack.",
      lambda d: d.get("last_ack")),
