@@ -301,10 +301,12 @@ class Device:
         return now >= self.next_heartbeat - (BEAT_LATE_S if after_reading else BEAT_EARLY_S)
 
     def _beat_waits(self) -> bool:
-        """A reading is due within BEAT_LATE_S after the beat, or one is not acknowledged
-        yet (its PUBACK wakes the loop)."""
-        return (0.0 <= self.next_tick - self.next_heartbeat < BEAT_LATE_S
-                or (self.session is not None and bool(self.session.inflight)))
+        """A reading is due within BEAT_LATE_S after the beat and none was taken in the
+        BEAT_LATE_S before it (readings faster than that: the beat has a fresh one), or a
+        reading is not acknowledged yet (its PUBACK wakes the loop)."""
+        reading_soon = (0.0 <= self.next_tick - self.next_heartbeat < BEAT_LATE_S
+                        and self.next_heartbeat - self.read_at > BEAT_LATE_S)
+        return reading_soon or (self.session is not None and bool(self.session.inflight))
 
     def wake_in(self, now: float) -> float:
         """Seconds until this device has work to do (at most MAX_WAIT_S)."""

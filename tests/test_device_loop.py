@@ -6,6 +6,7 @@ is aimed at the slot after the one read, whatever the wall clock did."""
 
 from __future__ import annotations
 
+import random
 import types
 
 import pytest
@@ -80,3 +81,43 @@ def test_a_reading_due_before_the_beat_does_not_hold_it():
 def test_the_next_reading_is_aimed_at_the_slot_after_the_one_read(monkeypatch, wall, expected):
     monkeypatch.setattr(device.time, "time", lambda: wall)
     assert device._until_slot_after(100.0, 1.0) == pytest.approx(expected)
+
+
+def run_loop(interval_s: float, first_beat: float, seconds: float = 30.0,
+             ack_s: float = 0.002) -> tuple[list[tuple[float, bool]], list[float]]:
+    """The loop's schedule alone, turn by turn, with a few ms of jitter on every wake-up and
+    PUBACK (a loaded machine): the beats (time, a reading in flight?) and the wake-ups."""
+    rng = random.Random(1)
+    d = loop(next_heartbeat=first_beat, next_tick=0.0)
+    now, beats, wakes, ack_at = 0.0, [], [], None
+    while now < seconds:
+        wakes.append(now)
+        if now >= d.next_tick:  # turn(): the reading, published at once
+            d.read_at, d.next_tick = now, now + interval_s
+            d.session.inflight, ack_at = {1: None}, now + ack_s
+        if d._beat_due(now):
+            beats.append((now, bool(d.session.inflight)))
+            d.next_heartbeat = now + device.HEARTBEAT_INTERVAL_S
+        wake = now + d.wake_in(now) + rng.uniform(0, 0.003)
+        if ack_at is not None and ack_at <= wake:
+            now, ack_at, d.session.inflight = ack_at + rng.uniform(0, 0.003), None, {}
+        else:
+            now = wake
+    return beats, wakes
+
+
+@pytest.mark.parametrize("interval_s", [0.25, 0.5, 1.0, 2.0, 10.0])
+@pytest.mark.parametrize("first_beat", [0.0, 0.2, 0.5, 0.8])
+def test_beats_stay_a_second_apart_and_never_catch_a_reading_in_flight(interval_s, first_beat):
+    """Readings every 0.5 s kept a beat waiting for the next reading, and the next, until
+    its 0.5 s limit sent it with that reading in flight: beats 1.5 s apart, each showing a
+    queued row (the comms_loss test waited in vain for `queued` 0)."""
+    beats, wakes = run_loop(interval_s, first_beat)
+    steady = [(t, busy) for t, busy in beats if t > 10]
+    gaps = [b[0] - a[0] for a, b in zip(steady, steady[1:])]
+    assert max(gaps) < 1.05 and min(gaps) > 1.0 - BEAT_EARLY_S - 0.01, gaps
+    assert not any(busy for _, busy in steady)
+    per_s = len([t for t in wakes if t > 10]) / 20
+    assert per_s <= 2 / min(interval_s, 1.0) + 1.05  # a reading and its PUBACK, and a beat
+    if interval_s == 1.0:
+        assert per_s <= 2.05  # the beat shares the reading's PUBACK turn
