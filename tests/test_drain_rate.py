@@ -17,7 +17,7 @@ from c8ysim.uplink.session import Session
 from c8ysim.uplink.transport import Endpoint
 from conftest import free_port, write_config
 from test_session import REGISTRATION, Driver
-from test_throttled_drain import data_lines, queue_backlog
+from test_throttled_drain import assert_each_backlog_once_in_order, data_lines, queue_backlog
 
 STEP_S = 0.01  # a PUBACK every 10 ms in the controller tests
 
@@ -221,12 +221,7 @@ def test_the_default_rate_drains_near_the_tenant_limit_without_overflowing_it(
               f"{stats.queued_publishes} publishes queued; drain rates now {rates} "
               f"(sum {sum(rates.values())})")
 
-        for client, lines in expected.items():
-            got = data_lines(tenant, client)
-            assert got[:len(lines)] == lines, client  # exactly once, in order
-            live = got[len(lines):]
-            times = [f[2] for f in live if f[0] == "201"]
-            assert times == sorted(set(times)) and (not times or times[0] > lines[-1][2])
+        assert_each_backlog_once_in_order(tenant, expected)
         assert disconnects <= 1, stats.overflows
         assert stats.max_queued_lines > 0  # the limit was reached: the rate had to find it
         assert total / drain_s >= NEAR * LIMIT_LINES_PER_S

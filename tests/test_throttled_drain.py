@@ -49,6 +49,17 @@ def data_lines(tenant, client) -> list[list[str]]:
     return [f for f in tenant.lines(client) if f[0] not in SESSION_TEMPLATES]
 
 
+def assert_each_backlog_once_in_order(tenant, expected: dict[str, list[list[str]]]) -> None:
+    """Every queued line arrived exactly once and in order, and the readings taken since the
+    agent started came after it, each once."""
+    for client, lines in expected.items():
+        got = data_lines(tenant, client)
+        assert got[:len(lines)] == lines, client
+        live = got[len(lines):]
+        times = [f[2] for f in live if f[0] == "201"]
+        assert times == sorted(set(times)) and (not times or times[0] > lines[-1][2])
+
+
 def test_three_backlogs_drain_through_the_tenant_limit_exactly_once_in_order(
         tmp_path, agent_factory):
     status_port = free_port()
@@ -88,12 +99,7 @@ def test_three_backlogs_drain_through_the_tenant_limit_exactly_once_in_order(
               f"{stats.dropped_publishes} queued publishes dropped, "
               f"max queue {stats.max_queued_lines} lines; drain rates now {rates}")
 
-        for client, lines in expected.items():
-            got = data_lines(tenant, client)
-            assert got[:len(lines)] == lines, client  # exactly once, in order
-            live = got[len(lines):]  # read since the start: newer, and each once
-            times = [f[2] for f in live if f[0] == "201"]
-            assert times == sorted(set(times)) and (not times or times[0] > lines[-1][2])
+        assert_each_backlog_once_in_order(tenant, expected)
         assert disconnects <= 1, stats.overflows  # the latency showed the queue in time
         assert stats.max_queued_lines > 0  # the limit was reached
         assert drain_s < 3 * total / LIMIT_LINES_PER_S + 10
