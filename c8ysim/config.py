@@ -8,7 +8,6 @@ errors (a typo must never be silently ignored).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -867,6 +866,8 @@ def _kind_name(kind) -> str:
 
 
 def _suggest(key: str, allowed) -> str:
+    import difflib  # only for a mistyped key
+
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"{hint} (allowed: {', '.join(allowed)})"

@@ -9,10 +9,9 @@ shows it. A leaf module: standard library only, so both sides of the fork may im
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Link(StrEnum):
@@ -29,8 +28,7 @@ class Link(StrEnum):
     OUTAGE = "comms_loss"  # a simulated comms_loss: offline on purpose, buffering
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     """One beat. Counters count since the child started; times are epoch seconds."""
 
     pid: int | None = None  # None: no beat yet (in the supervisor's view only)
@@ -67,9 +65,8 @@ class Heartbeat:
     member: dict | None = None
 
     def encode(self) -> bytes:
-        # Its fields as they are (plain JSON values; a Link is a str): not asdict(), whose
-        # deep copy was half the cost of a beat.
-        return json.dumps(self.__dict__).encode()
+        # Its fields as they are: plain JSON values (a Link is a str).
+        return json.dumps(self._asdict()).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "Heartbeat":
@@ -87,8 +84,7 @@ class Heartbeat:
 
 # How a group's beat is routed; the supervisor reads them, the device view does not show them.
 ROUTING_FIELDS = ("device", "member")
-VIEWED_BEAT_FIELDS = tuple(f.name for f in dataclasses.fields(Heartbeat)
-                           if f.name not in ROUTING_FIELDS)
+VIEWED_BEAT_FIELDS = tuple(name for name in Heartbeat._fields if name not in ROUTING_FIELDS)
 
 # A device's fields before its first beat: unknown (shown as such), not zero.
 UNKNOWN = {**dict.fromkeys(VIEWED_BEAT_FIELDS), "connected": False}
@@ -102,4 +98,4 @@ DEVICE_VIEW_FIELDS = frozenset(VIEWED_BEAT_FIELDS) | frozenset(SUPERVISOR_FIELDS
 def viewed(beat: Heartbeat) -> dict:
     """The beat's fields as the device view shows them (without the routing fields). A
     shallow copy: the beat is frozen, and no reader changes what its fields hold."""
-    return {k: v for k, v in beat.__dict__.items() if k not in ROUTING_FIELDS}
+    return {k: v for k, v in zip(Heartbeat._fields, beat) if k not in ROUTING_FIELDS}

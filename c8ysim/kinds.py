@@ -12,13 +12,11 @@ A leaf module: it imports nothing from c8ysim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     name: str  # the YAML `type:` and the key of the device's own parameters
     c8y_type: str  # the managed object's type, also the type of its measurements
     model: str  # "module:Class" of its model; the class's step() makes the readings

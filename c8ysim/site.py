@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
 
 
-@dataclass(frozen=True)
-class DeviceSpec:
+class DeviceSpec(NamedTuple):
     """One configured device as the models see it: kind, name and its parameters."""
 
     kind: str

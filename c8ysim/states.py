@@ -14,8 +14,8 @@ so every row of the table can be tested without forking.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from c8ysim import backoff, exits
 
@@ -58,8 +58,7 @@ class Action(Enum):
     WAIT = "wait"  # send START after `delay_s`
 
 
-@dataclass(frozen=True)
-class Death:
+class Death(NamedTuple):
     """One unasked exit: when (monotonic s), after how long a run, with which exit code."""
 
     at: float
@@ -67,8 +66,7 @@ class Death:
     code: int
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     """When to restart and when to give up; the defaults suit production."""
 
     base_s: float = RESTART_BASE_S
@@ -79,8 +77,7 @@ class Policy:
     max_quick_deaths: int = MAX_QUICK_DEATHS
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """The outcome of one event: the new state, what to do, and the deaths to remember."""
 
     state: ChildState

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -97,7 +96,7 @@ def device(name: str, kind: str, now: float, **extra) -> dict:
         connected_since=now - 600, inflight=2, sent=1234, reconnects=1, last_ack=now - 1.5,
         queued=3, oldest_queued_age_s=2.5, last_reading=last,
         units={key: unit_of(key) for key in last if key != "time"})
-    return {**dataclasses.asdict(beat), "name": name, "type": kind,
+    return {**beat._asdict(), "name": name, "type": kind,
             "external_id": f"c8ysim-{name}", "state": "running", "restarts": 0,
             "last_exit": None, **extra}
 

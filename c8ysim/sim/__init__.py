@@ -24,7 +24,6 @@ devices (Readings and the Model classes: fragments, series, units, fault alarms)
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from c8ysim.kinds import KINDS
@@ -32,9 +31,7 @@ from c8ysim.site import DeviceSpec, Site
 
 
 class Series(NamedTuple):
-    """One measured value in Cumulocity terms: fragment, series, value, unit. (A named
-    tuple: a reading has ~15 of them and a device makes one every second, where a frozen
-    dataclass costs three times as much to build.)"""
+    """One measured value in Cumulocity terms: fragment, series, value, unit."""
 
     fragment: str
     series: str
@@ -42,8 +39,7 @@ class Series(NamedTuple):
     unit: str
 
 
-@dataclass(frozen=True)
-class Alarm:
+class Alarm(NamedTuple):
     """An alarm condition; `severity` is CRITICAL, MAJOR, MINOR or WARNING."""
 
     type: str
@@ -51,14 +47,14 @@ class Alarm:
     text: str
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """An event: its Cumulocity type and text."""
+
     type: str
     text: str
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """What one device measured at `time` (epoch seconds, UTC), plus alarm transitions."""
 
     time: float

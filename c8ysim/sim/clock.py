@@ -8,9 +8,9 @@ solar time (longitude) and `season_angle`, which need no time zone at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 SECONDS_PER_DAY = 86400.0
@@ -20,8 +20,7 @@ COLDEST_DAY_AFTER_EPOCH_DAYS = 19.0  # 20 January 1970: the climatological minim
 _TWO_PI = 2.0 * math.pi
 
 
-@dataclass(frozen=True)
-class LocalTime:
+class LocalTime(NamedTuple):
     """Wall-clock time at the site: hour in [0, 24), weekday (Monday 0), day of year."""
 
     hour: float

@@ -62,8 +62,8 @@ MAX_BUILDING_KWH_PER_YEAR) so that no product overflows to inf or inf * 0 = NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from c8ysim.sim import DeviceSpec, Site
 from c8ysim.sim.clock import LocalTime
@@ -102,8 +102,7 @@ STANDBY, HEATING, HOT_WATER = "standby", "heating", "hot_water"
 FAULT_MODE, OFF = "fault", "off"  # compressor fault (standby), grid outage (no power at all)
 
 
-@dataclass(frozen=True)
-class HpOutput:
+class HpOutput(NamedTuple):
     power_w: float       # electrical input
     heat_w: float        # thermal output (0 in standby and during defrost)
     cop: float           # COP of the current operating point (also reported in standby)

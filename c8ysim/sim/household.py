@@ -30,7 +30,6 @@ balance holds exactly with the faulted devices' real powers, in total and per ph
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
 from c8ysim.sim import Site
@@ -45,8 +44,7 @@ from c8ysim.sim.voltage import GridVoltage
 from c8ysim.sim.weather import Weather, WeatherModel
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """Everything about the site at time t, unrounded."""
 
     t: float
@@ -91,8 +89,7 @@ class View(NamedTuple):
     faults: Faults  # the faults holding at t
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):
     """What a device's readings depend on: the phases it reports (its own, or all three for
     the grid meter) and the devices whose power flows on any of them, in site order."""
 

@@ -16,8 +16,8 @@ Owns the electricity the house itself uses (everything but the heat pump):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from c8ysim.sim import Site
 from c8ysim.sim import h0
@@ -35,8 +35,7 @@ REFERENCE_YEAR_FIRST_WEEKDAY = 0  # 1 January 2001 was a Monday
 _NIGHT = (0.0,) * 5
 
 
-@dataclass(frozen=True)
-class Appliance:
+class Appliance(NamedTuple):
     """Full power for `full_s` (or the whole run), then thermostat cycling or a low phase."""
 
     name: str

@@ -23,8 +23,7 @@ their power evenly over all three:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from c8ysim.sim import DeviceSpec, Site
 from c8ysim.sim.noise import clamp, stream_key, value_noise
@@ -39,8 +38,7 @@ PV_SINGLE_PHASE_LIMIT_KW = 4.6  # the kind's default of three_phase_above_kw
 Triple = tuple[float, float, float]
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """How a device is connected: on all three phases (balanced) or on one (index 0-2)."""
 
     three_phase: bool

@@ -19,7 +19,6 @@ subnormal numbers (and the PVWatts zeta to exactly 0), ratings from 1e-300 to 1e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from c8ysim.sim import DeviceSpec
@@ -49,8 +48,7 @@ PVWATTS_ZETA_MIN = 0.005
 PVWATTS_ZETA_PEAK = 0.9858 / (2.0 * 0.0162)
 
 
-@dataclass(frozen=True)
-class PvOutput:
+class PvOutput(NamedTuple):
     ac_w: float          # delivered AC power after clipping (>= 0)
     available_ac_w: float  # AC power the inverter would deliver without clipping
     dc_w: float

@@ -12,7 +12,7 @@ argument of asin/atan2/sqrt is in its domain for any latitude in [-90, 90], any 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from c8ysim.sim.clock import wrap_longitude
 
@@ -23,8 +23,7 @@ DAYS_PER_JULIAN_CENTURY = 36525.0
 _RAD = math.pi / 180.0
 
 
-@dataclass(frozen=True)
-class SunPosition:
+class SunPosition(NamedTuple):
     cos_zenith: float
     azimuth_deg: float
     extraterrestrial_w_m2: float

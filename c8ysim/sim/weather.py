@@ -36,8 +36,8 @@ scenarios computes exactly what it did before: the forcing is a branch that is n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from c8ysim.sim import Site
 from c8ysim.sim.clock import season_angle, solar_days, summerness, wrap_longitude
@@ -73,8 +73,7 @@ CLOUD_EDGE_S = 120.0  # a front crossing the roof
 THERMAL_LAG_S = 90 * 60.0  # the air temperature following forced clouds
 
 
-@dataclass(frozen=True)
-class Weather:
+class Weather(NamedTuple):
     temp_c: float
     daily_mean_c: float  # without the diurnal swing: what a building (and a heating limit) feels
     clear_index: float

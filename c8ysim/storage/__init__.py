@@ -21,8 +21,7 @@ guest buffer (the CLI's: no memory overflow, its memory ends with the command) r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, NamedTuple, Protocol
 
 MEMORY_MAX_ROWS = 5_000  # the in-memory overflow while no durable store works (~1.5 MB)
 MISSING_DRIVER = ("storage.backend is postgres, but the PostgreSQL driver psycopg2 is not "
@@ -36,16 +35,14 @@ class StorageConfigError(Exception):
     """
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     id: int
     topic: str
     payload: bytes
     created: float  # epoch seconds when the record was queued
 
 
-@dataclass(frozen=True)
-class BufferStats:
+class BufferStats(NamedTuple):
     depth: int
     oldest_age_s: float | None
     bytes: int

@@ -12,8 +12,7 @@ also holds what every store shares: the size/age limits and their bookkeeping.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from c8ysim.storage import Record
 
@@ -36,8 +35,7 @@ class StoreError(Exception):
         self.reason, self.empty = reason, empty
 
 
-@dataclass(frozen=True)
-class Counters:
+class Counters(NamedTuple):
     depth: int
     oldest_created: float | None
     bytes: int
@@ -48,8 +46,7 @@ class Counters:
 EMPTY = Counters(0, None, 0, 0, 0)
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """The bounds of one store: the oldest rows beyond them are dropped and counted."""
 
     max_records: int

@@ -53,13 +53,11 @@ truncated and limited in lines (`logs.external`, `logs.LineBudget`).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import queue
 import random
 import time
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from c8ysim import backoff, logs
 from c8ysim.heartbeat import Link
@@ -99,8 +97,7 @@ NOT_AUTHORIZED_RETRY_S = (1.0, 3.0)  # uniform delay between those retries (<= t
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(NamedTuple):
     """What the device tells Cumulocity about itself on every connect."""
 
     name: str
@@ -197,7 +194,7 @@ class Session:
 
     def report_configuration(self, text: str) -> None:
         """A new 113 text: sent now when online, and on every later connect."""
-        self.registration = dataclasses.replace(self.registration, configuration=text)
+        self.registration = self.registration._replace(configuration=text)
         if self.state == Link.ONLINE:
             self._send_session(smartrest.configuration(text))
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
+from typing import NamedTuple
 
 UPSTREAM_TOPIC = "s/us"
 OPERATIONS_TOPIC = "s/ds"
@@ -263,8 +263,7 @@ def _unescape(body: str) -> str:
     return _ESCAPE.sub(lambda m: "\\" * (len(m[1]) // 2) + '"', body)
 
 
-@dataclass(frozen=True)
-class Operation:
+class Operation(NamedTuple):
     """One downstream line: template ID, target device external ID, remaining fields.
 
     For the templates without a device field (106, 601, 603) `external_id` is "" and

@@ -27,6 +27,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 # Standard modules paho imports but uses only for TLS, websockets or proxies.
 DEFERRED_MODULES = ("ssl", "hashlib", "urllib.request")
@@ -82,8 +83,7 @@ CACHED_TOPIC_CHARS = 256  # invalid_topic remembers its answer for topics up to 
 _BAD_TOPIC_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff+#]")
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(NamedTuple):
     """CONNACK arrived. `ok` False means refused; `auth_failed` for bad credentials."""
 
     generation: int
@@ -92,36 +92,31 @@ class Connected:
     auth_failed: bool = False
 
 
-@dataclass(frozen=True)
-class ConnectFailed:
+class ConnectFailed(NamedTuple):
     """TCP or TLS could not be set up (refused, unreachable, certificate rejected)."""
 
     generation: int
     reason: str
 
 
-@dataclass(frozen=True)
-class Disconnected:
+class Disconnected(NamedTuple):
     generation: int
     reason: str
     timed_out: bool = False  # paho gave up waiting (keepalive); else the socket was closed
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(NamedTuple):
     generation: int
     mid: int
 
 
-@dataclass(frozen=True)
-class Subscribed:
+class Subscribed(NamedTuple):
     generation: int
     mid: int
     granted: tuple[bool, ...]  # per filter: True when the broker granted it
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     generation: int
     topic: str
     payload: bytes
