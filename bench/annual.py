@@ -17,7 +17,6 @@ is the sample site's devices and seed moved to 40.42 N, 3.70 W.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from datetime import datetime, timezone
@@ -78,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     sample = agent_config.load(args.config).site
     sites = {
         f"sample ({sample.latitude:.2f}, {sample.longitude:.2f})": sample,
-        "Madrid (40.42, -3.70)": dataclasses.replace(
-            sample, latitude=40.42, longitude=-3.70, timezone="Europe/Madrid"),
+        "Madrid (40.42, -3.70)": sample._replace(
+            latitude=40.42, longitude=-3.70, timezone="Europe/Madrid"),
     }
     began = time.monotonic()
     results = {name: annual(site, args.year, args.step_min * 60.0) for name, site in sites.items()}

@@ -55,7 +55,7 @@ DEFAULT = None  # a case's rate: max_lines_per_s left out of the YAML
 def default_rate() -> float:
     """cumulocity.max_lines_per_s when the YAML does not set it."""
     from c8ysim.config import CumulocityConfig
-    return CumulocityConfig.__dataclass_fields__["max_lines_per_s"].default
+    return CumulocityConfig._field_defaults["max_lines_per_s"]
 
 
 def effective(rate: float | None) -> float:

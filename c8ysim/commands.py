@@ -20,7 +20,6 @@ operation's 503 or 502; it never raises on what a user typed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -38,17 +37,16 @@ HELP = ("commands: help | status | reading | fault <name> [<duration>] | clear <
         "faults of this device: {faults}")
 
 
-@dataclass
 class Context:
     """What the commands act on: the device and the running parts it hands them."""
 
-    device: str
-    kind: str
-    timezone: str
-    live: LiveFiles
-    take_reading: Callable[[], str]  # takes a reading now; returns a summary of it
-    status: Callable[[], str]  # the device's status in one or a few lines
-    clock: Callable[[], float] = time.time
+    def __init__(self, device: str, kind: str, timezone: str, live: LiveFiles,
+                 take_reading: Callable[[], str], status: Callable[[], str],
+                 clock: Callable[[], float] = time.time):
+        self.device, self.kind, self.timezone, self.live = device, kind, timezone, live
+        self.take_reading = take_reading  # takes a reading now; returns a summary of it
+        self.status = status  # the device's status in one or a few lines
+        self.clock = clock
 
 
 class Commands:

@@ -1,4 +1,4 @@
-"""The YAML configuration: loading, validation with `file:line` errors, frozen dataclasses.
+"""The YAML configuration: loading, validation with `file:line` errors, named tuples.
 
 This is the only module that imports `yaml`. Every problem found is reported with the line
 it is on and how to fix it; one run reports all of them, not just the first. Unknown keys are
@@ -7,17 +7,16 @@ errors (a typo must never be silently ignored).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
-from c8ysim import certs, config_checks as checks, durations, hostid
+from c8ysim import certs, config_checks as checks, durations, hostid, logs
 from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
 from c8ysim.site import COMMS_LOSS, DAY_S, FAULT, WEATHER, WEATHER_KINDS, DeviceSpec, Scenario, Site
 
@@ -42,8 +41,7 @@ NOT_SHOWN = "(its value is not shown: it may be a secret)"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     line: int
     message: str
 
@@ -56,39 +54,39 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{path}:{p.line}: {p.message}" for p in problems))
 
 
-@dataclass(frozen=True)
-class TlsConfig:
+class TlsConfig(NamedTuple):
     ca_file: str | None = None  # None: the system trust store
     cert_file: str | None = None  # client certificate login (X.509); may hold {external_id}
     key_file: str | None = None
 
     def for_device(self, external_id: str) -> "TlsConfig":
         """The files of one device: `{external_id}` in cert_file/key_file replaced."""
-        return dataclasses.replace(self, cert_file=checks.for_device(self.cert_file, external_id),
-                                   key_file=checks.for_device(self.key_file, external_id))
+        return self._replace(cert_file=checks.for_device(self.cert_file, external_id),
+                             key_file=checks.for_device(self.key_file, external_id))
 
 
-@dataclass(frozen=True)
-class BootstrapConfig:
+class BootstrapConfig(NamedTuple):
     """The bootstrap user devices register with (ref §1.5); one per Cumulocity instance."""
 
     tenant: str = "management"
     user: str = "devicebootstrap"
-    password: str = field(default="", repr=False)
+    password: str = ""  # never in its repr
 
     @property
     def username(self) -> str:
         return f"{self.tenant}/{self.user}"
 
+    def __repr__(self) -> str:
+        return logs.repr_without(self)
 
-@dataclass(frozen=True)
-class CumulocityConfig:
+
+class CumulocityConfig(NamedTuple):
     host: str
     port: int
     tls: TlsConfig | None
     tenant: str | None
     user: str | None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None  # never in its repr
     keepalive_s: int = 60
     reconnect_max_s: float = 300.0
     required_interval_min: int = 10
@@ -103,33 +101,39 @@ class CumulocityConfig:
     def username(self) -> str | None:
         return f"{self.tenant}/{self.user}" if self.tenant and self.user else None
 
+    def __repr__(self) -> str:
+        return logs.repr_without(self)
 
-@dataclass(frozen=True)
-class StorageConfig:
+
+class StorageConfig(NamedTuple):
     backend: str = "sqlite"
     path: str = "/var/lib/c8ysim"
-    dsn: str | None = field(default=None, repr=False)
+    dsn: str | None = None  # may hold a password: never in its repr
     max_records: int = 200_000
     max_age_hours: float = 24 * 7
     synchronous: str = "normal"
 
+    def __repr__(self) -> str:
+        return logs.repr_without(self, ("dsn",))
 
-@dataclass(frozen=True)
-class StatusConfig:
+
+class StatusConfig(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 8080
     password_file: str | None = None
     # Read once at load (and reload), never shown; HTTP basic auth as user c8ysim when set.
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None  # never in its repr
 
     @property
     def auth(self) -> tuple[str, str] | None:
         """(user, password) of the status page's basic auth, or None: no auth."""
         return (checks.STATUS_USER, self.password) if self.password else None
 
+    def __repr__(self) -> str:
+        return logs.repr_without(self)
 
-@dataclass(frozen=True)
-class SupervisorConfig:
+
+class SupervisorConfig(NamedTuple):
     """How the supervisor watches its children (the defaults suit production)."""
 
     heartbeat_timeout_s: float = 30.0  # a child silent this long is stuck: TERM it
@@ -140,8 +144,7 @@ class SupervisorConfig:
     devices_per_process: int = 1
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
+class DeviceConfig(NamedTuple):
     name: str
     type: str
     interval_s: float
@@ -153,8 +156,7 @@ class DeviceConfig:
     altitude_m: float | None = None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: str
     site: Site
     cumulocity: CumulocityConfig | None
@@ -164,7 +166,7 @@ class Config:
     log_level: str = "info"
     supervisor: SupervisorConfig = SupervisorConfig()
     # `PATH:LINE: warning: ...` lines (a password others can read); load() logs them.
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = ()
 
     def device(self, name: str) -> DeviceConfig:
         return next(d for d in self.devices if d.name == name)
@@ -203,7 +205,7 @@ def parse(text: str, path: str = "<string>", others_read_mode: int | None = None
     if reader.problems:
         raise ConfigError(path, sorted(reader.problems, key=lambda p: p.line))
     warnings = tuple(f"{path}:{w.line}: warning: {w.message}" for w in reader.warnings)
-    return dataclasses.replace(config, warnings=warnings)
+    return config._replace(warnings=warnings)
 
 
 def _compose(text: str, path: str):
@@ -400,8 +402,8 @@ class _Reader:
             self.client_certificates(cumulocity.tls, devices)
         return Config(
             path=path,
-            site=dataclasses.replace(self.site(top), devices=specs,
-                                     scenarios=self.scenarios(top.get("scenarios"), devices)),
+            site=self.site(top)._replace(devices=specs,
+                                         scenarios=self.scenarios(top.get("scenarios"), devices)),
             cumulocity=cumulocity,
             storage=self.storage(top),
             status=self.status(top),
@@ -411,11 +413,11 @@ class _Reader:
         )
 
     def supervisor(self, top: dict) -> SupervisorConfig:
-        items = self.section(top, "supervisor", tuple(SupervisorConfig.__dataclass_fields__))
+        items = self.section(top, "supervisor", SupervisorConfig._fields)
         defaults = SupervisorConfig()
         return SupervisorConfig(**{
             key: self._supervisor_value(items, key, getattr(defaults, key))
-            for key in SupervisorConfig.__dataclass_fields__})
+            for key in SupervisorConfig._fields})
 
     def _supervisor_value(self, items: dict, key: str, default):
         if isinstance(default, int):  # devices_per_process: a count, kept an int
@@ -874,7 +876,7 @@ def _suggest(key: str, allowed) -> str:
 
 
 class _DefaultsOf:
-    """The field defaults of a config dataclass whose required fields have none
+    """The field defaults of a config record whose required fields have none
     (`_DefaultsOf(CumulocityConfig).keepalive_s`): each default is written once, there."""
 
     def __init__(self, cls):
@@ -885,7 +887,7 @@ class _DefaultsOf:
 
 
 def _default(cls, name: str):
-    return cls.__dataclass_fields__[name].default
+    return cls._field_defaults[name]
 
 
 def _default_state_dir() -> str:

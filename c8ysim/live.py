@@ -20,14 +20,14 @@ logged once and left out, never fatal.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 from c8ysim.kinds import KINDS
 from c8ysim.site import COMMS_LOSS, DAY_S, FAULT, WEATHER, WEATHER_KINDS, DeviceSpec, Scenario, Site
@@ -39,24 +39,24 @@ MAX_SCENARIOS = 100  # per device; the oldest ended ones go first
 KEEP_ENDED_S = 40 * DAY_S  # a backfill reaches back at most a year, but a month is plenty
 MAX_DURATION_S = 7 * DAY_S  # a fault without a duration lasts until cleared, at most this
 
+NOTHING: Mapping = MappingProxyType({})  # an Overlay without parameters or intervals
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Overlay:
+class Overlay(NamedTuple):
     """Everything the site's live files say."""
 
     scenarios: tuple[Scenario, ...] = ()
-    params: dict[str, dict[str, float]] = field(default_factory=dict)  # device -> overrides
-    intervals: dict[str, float] = field(default_factory=dict)  # device -> interval_s
+    params: Mapping[str, Mapping[str, float]] = NOTHING  # device -> overrides
+    intervals: Mapping[str, float] = NOTHING  # device -> interval_s
 
     def site(self, site: Site) -> Site:
         """`site` as the live files change it: overridden parameters, their scenarios added."""
         devices = tuple(DeviceSpec(d.kind, d.name, tuple({**dict(d.params),
                                                           **self.params.get(d.name, {})}.items()))
                         for d in site.devices)
-        return dataclasses.replace(site, devices=devices,
-                                   scenarios=site.scenarios + self.scenarios)
+        return site._replace(devices=devices, scenarios=site.scenarios + self.scenarios)
 
 
 class LiveFiles:

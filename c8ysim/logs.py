@@ -74,6 +74,14 @@ def one_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
     return f"{text}…({more} more characters)" if more > 0 else text
 
 
+def repr_without(record: tuple, hidden: tuple[str, ...] = ("password",)) -> str:
+    """`Name(field=value, ...)` of a named tuple without its `hidden` fields: the repr of a
+    record that holds a secret, so that no log line or traceback shows it."""
+    shown = ", ".join(f"{name}={value!r}" for name, value in zip(record._fields, record)
+                      if name not in hidden)
+    return f"{type(record).__name__}({shown})"
+
+
 class LineBudget:
     """At most `lines` log lines per `window_s` for one kind of external input (a flood
     of broker messages must not become a flood of journal lines); the lines held back

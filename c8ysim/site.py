@@ -14,9 +14,7 @@ through `Site.scenarios`; which window holds t is a pure function of t.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from c8ysim.kinds import HOUSEHOLD_PARAMS, KINDS
@@ -39,8 +37,7 @@ WEATHER_KINDS = ("clear", "cloudy", "overcast")  # what `weather` may force
 DAY_S = 86400.0
 
 
-@dataclass(frozen=True)
-class Scenario:
+class Scenario(NamedTuple):
     """One fault or forced weather, once (`start`, epoch s) or daily (`daily_at_s`, seconds
     after local midnight). `after_s` is a YAML entry's delay before the supervisor anchors it
     (sets `start`); an entry with neither `start` nor `daily_at_s` has no window yet."""
@@ -80,8 +77,7 @@ class Scenario:
         return self.what == FAULT and self.device == device
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):
     """The household every device belongs to: place, seed, load and all its devices."""
 
     latitude: float
@@ -122,10 +118,10 @@ def anchor(scenarios: tuple[Scenario, ...], now: float,
         if scenario.after_s is None:
             result.append(scenario)
             continue
-        same = next((s for s in kept if dataclasses.replace(s, start=None) == scenario), None)
+        same = next((s for s in kept if s._replace(start=None) == scenario), None)
         if same is not None:
             kept.remove(same)
             result.append(same)
         else:
-            result.append(dataclasses.replace(scenario, start=now + scenario.after_s))
+            result.append(scenario._replace(start=now + scenario.after_s))
     return tuple(result)

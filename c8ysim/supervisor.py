@@ -23,7 +23,6 @@ holds one of its devices, so a device never runs twice.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import gc
 import logging
@@ -34,7 +33,6 @@ import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 from c8ysim import __version__, heartbeat, logs, processes, site, wallclock
@@ -61,17 +59,17 @@ REBIND_EVERY_S = 5.0  # a lost status socket is bound again at most this often
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Member:
     """What the supervisor knows about one device of a group (scale mode)."""
 
-    name: str
-    beat: Heartbeat | None = None  # the last one since its group's process started
-    last_beat_at: float = 0.0
-    restarts: int = 0  # its group's restarts, and its own within its group
-    seen_restarts: int = 0  # its own restarts as its group's process last counted them
-    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
-    history_keys: tuple = ()
+    def __init__(self, name: str):
+        self.name = name
+        self.beat: Heartbeat | None = None  # the last one since its group's process started
+        self.last_beat_at = 0.0
+        self.restarts = 0  # its group's restarts, and its own within its group
+        self.seen_restarts = 0  # its own restarts as its group's process last counted them
+        self.history: deque = deque(maxlen=HISTORY_MAX_ENTRIES)
+        self.history_keys: tuple = ()
 
     def remember(self, reading: dict | None) -> None:
         Child.remember(self, reading)  # the same bookkeeping: the same fields
@@ -80,32 +78,33 @@ class Member:
         return Child.recent_readings(self)
 
 
-@dataclass
 class Child:
     """What the supervisor knows about one child process: a device, or a group of them."""
 
-    name: str
-    state: ChildState = ChildState.EXITED
-    pid: int | None = None
-    sock: socket.socket | None = None
-    started_at: float = 0.0
-    last_beat_at: float = 0.0
-    term_sent_at: float | None = None
-    kill_sent: bool = False
-    next_start_at: float = 0.0
-    plan: str | None = None  # after a requested stop: RESPAWN or REMOVE
-    deaths: tuple[Death, ...] = ()
-    restarts: int = 0
-    last_exit: str | None = None
-    beat: Heartbeat | None = None  # the last one since the process started
-    # (keys, values) pairs, oldest first. The keys tuple is shared by every entry with the
-    # same series: a dict per entry, as the heartbeat decodes it, took ~1.3 kB; this ~0.4 kB.
-    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MAX_ENTRIES))
-    history_keys: tuple = ()
-    members: tuple[str, ...] = ()  # a group's devices (scale mode); () is the device `name`
-    units: dict = field(default_factory=dict)  # a group's {device name: Member}
-    forked_members: tuple[str, ...] = ()  # the devices its running process was given
-    waiting: bool = False  # to be forked once no other process holds one of its devices
+    def __init__(self, name: str, state: ChildState = ChildState.EXITED, *,
+                 pid: int | None = None, next_start_at: float = 0.0, restarts: int = 0,
+                 last_exit: str | None = None, beat: Heartbeat | None = None):
+        self.name, self.state, self.pid = name, state, pid
+        self.sock: socket.socket | None = None
+        self.started_at = 0.0
+        self.last_beat_at = 0.0
+        self.term_sent_at: float | None = None
+        self.kill_sent = False
+        self.next_start_at = next_start_at
+        self.plan: str | None = None  # after a requested stop: RESPAWN or REMOVE
+        self.deaths: tuple[Death, ...] = ()
+        self.restarts = restarts
+        self.last_exit = last_exit
+        self.beat = beat  # the last one since the process started
+        # (keys, values) pairs, oldest first. The keys tuple is shared by every entry with
+        # the same series: a dict per entry, as the heartbeat decodes it, took ~1.3 kB; this
+        # ~0.4 kB.
+        self.history: deque = deque(maxlen=HISTORY_MAX_ENTRIES)
+        self.history_keys: tuple = ()
+        self.members: tuple[str, ...] = ()  # a group's devices (scale mode); () is `name`
+        self.units: dict[str, Member] = {}  # a group's {device name: Member}
+        self.forked_members: tuple[str, ...] = ()  # the devices its running process was given
+        self.waiting = False  # to be forked once no other process holds one of its devices
 
     def remember(self, reading: dict | None) -> None:
         """Keep `reading` in the bounded history if it is new enough to be worth a point."""
@@ -733,7 +732,7 @@ def groups(config: Config) -> dict[str, tuple[str, ...]]:
 
 def _shared_settings(config: Config) -> tuple:
     """What every child reads besides its own device entry (the site without its devices)."""
-    return (dataclasses.replace(config.site, devices=()), config.cumulocity, config.storage,
+    return (config.site._replace(devices=()), config.cumulocity, config.storage,
             config.log_level)
 
 
@@ -742,7 +741,7 @@ def _anchored(config: Config, now: float, running: Config | None = None) -> Conf
     when the running configuration first had them (every child shares these starts)."""
     scenarios = site.anchor(config.site.scenarios, now,
                             running.site.scenarios if running else ())
-    return dataclasses.replace(config, site=dataclasses.replace(config.site, scenarios=scenarios))
+    return config._replace(site=config.site._replace(scenarios=scenarios))
 
 
 def _record_only(signum, frame) -> None:

@@ -127,6 +127,31 @@ def test_password_file_and_secret_not_in_repr(tmp_path):
     assert "s3cr3t" not in repr(cfg)
 
 
+def test_no_record_with_a_secret_shows_it():
+    """The records are named tuples, whose own repr shows every field: each one that holds a
+    secret has a repr without it, also inside another record's repr, str() and f-strings."""
+    from c8ysim.uplink.credentials import Credentials
+    from c8ysim.uplink.transport import Endpoint
+
+    secret = "pw-HUNTER2"
+    records = [
+        config.BootstrapConfig(password=secret),
+        config.CumulocityConfig("h", 1883, None, "t", "u", password=secret,
+                                bootstrap=config.BootstrapConfig(password=secret)),
+        config.StorageConfig(backend="postgresql", dsn=f"postgresql://u:{secret}@db/x"),
+        config.StatusConfig(password=secret),
+        Endpoint("h", 8883, "id", "t/u", secret, 60),
+        Credentials("t", "u", secret),
+    ]
+    for record in records:
+        assert secret in str(tuple(record))  # it holds the secret: the repr leaves it out
+        for shown in (repr(record), str(record), f"{record}", repr([record]),
+                      repr(config.Problem(1, record))):
+            assert secret not in shown, shown
+            assert shown.count(type(record).__name__) == 1 and "=" in shown
+    assert "password=" not in repr(records[0]) and "tenant='management'" in repr(records[0])
+
+
 def test_device_parameters_are_checked_against_the_model_catalogue(tmp_path):
     path = mutate(tmp_path, "{name: pv-roof, type: pv, interval_s: 10}",
                   "{name: pv-roof, type: pv, interval_s: 10, pv: {peak_kw: 6.5, tilt: 3}}")

@@ -9,6 +9,7 @@ but for its leaf modules of plain data. Every import counts, also one inside a f
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -133,3 +134,20 @@ def test_a_forbidden_import_two_steps_away_is_caught(monkeypatch):
     edges["c8ysim.config_checks"].add("c8ysim.storage.sqlite")
     monkeypatch.setattr(sys.modules[__name__], "graph", lambda: edges)
     assert "c8ysim.storage.sqlite" in closure("c8ysim.supervisor")
+
+
+def test_the_agent_loads_neither_dataclasses_nor_inspect():
+    """Every module of the agent but `__main__` and those that import bottle or psycopg2 (the
+    status app and the PostgreSQL store, imported when first needed), imported in a fresh
+    interpreter, loads neither: on Python 3.11 `dataclasses` imports `inspect` (with ast, dis
+    and tokenize) and defining a frozen dataclass execs six generated methods, together
+    ~25 ms of the start (the README, under Layout)."""
+    modules = sorted(m for m in graph() if not {"bottle", "psycopg2"} & graph()[m]
+                     and not m.endswith("__main__"))
+    assert "c8ysim.main" in modules and "c8ysim.device" in modules and "c8ysim.config" in modules
+    code = (f"import sys\nimport {', '.join(modules)}\n"
+            "print(' '.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], f"loaded: {result.stdout.strip()}"

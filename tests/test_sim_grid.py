@@ -26,7 +26,7 @@ FRAGMENT_3P, FRAGMENT_1P = "c8y_ThreePhaseEnergyMeasurement", "c8y_SinglePhaseEn
 
 def same_site() -> Site:
     """An equal but separately constructed Site, as another process would build it."""
-    return Site(**{f: getattr(SITE, f) for f in SITE.__dataclass_fields__})
+    return Site(**SITE._asdict())
 
 
 def random_times(n: int, seed: int = 7) -> list[float]:

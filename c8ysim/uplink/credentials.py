@@ -18,8 +18,10 @@ import os
 import secrets
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from c8ysim import logs
 
 FILE_SUFFIX = ".credentials"
 FILE_MODE = 0o600
@@ -29,13 +31,15 @@ _TEMP_TAG = ".tmp-"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """A device user's login: MQTT username `<tenant>/<user>` and its password."""
 
     tenant: str
     user: str
-    password: str = field(repr=False)
+    password: str  # never in its repr
+
+    def __repr__(self) -> str:
+        return logs.repr_without(self)
 
     @property
     def username(self) -> str:

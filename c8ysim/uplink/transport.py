@@ -25,9 +25,10 @@ import re
 import socket
 import sys
 import types
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
+
+from c8ysim import logs
 
 # Standard modules paho imports but uses only for TLS, websockets or proxies.
 DEFERRED_MODULES = ("ssl", "hashlib", "urllib.request")
@@ -122,20 +123,22 @@ class Message(NamedTuple):
     payload: bytes
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where and how to connect: the MQTT side of the Cumulocity config."""
 
     host: str
     port: int
     client_id: str
     username: str | None
-    password: str | None = field(repr=False)
+    password: str | None  # never in its repr
     keepalive_s: int
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     tls: bool = False
+
+    def __repr__(self) -> str:
+        return logs.repr_without(self)
 
 
 class NotConnected(Exception):
