@@ -85,6 +85,10 @@ def test_a_heartbeat_survives_the_wire_and_a_stranger_is_refused():
     beat = Heartbeat(pid=7, time=1.5, queued=3, connection=Link.AUTH_FAILED,
                      last_reading={"time": 1.0, "f.s": 2.0}, units={"f.s": "W"})
     assert Heartbeat.decode(beat.encode()) == beat
-    for stranger in (b"", b"[]", b'{"nope": 1}', b'{"connection": "sideways"}', b"\xff"):
+    # A named tuple's own names are no fields: `_fields`, `count` (a tuple method) and
+    # `__class__` are refused like any unknown key, as is a list of 31 values.
+    for stranger in (b"", b"[]", b'{"nope": 1}', b'{"connection": "sideways"}', b"\xff",
+                     b'{"_fields": []}', b'{"count": 1}', b'{"__class__": 1}',
+                     str(list(range(len(Heartbeat._fields)))).encode()):
         with pytest.raises(ValueError):
             Heartbeat.decode(stranger)
