@@ -76,8 +76,7 @@ class BootstrapConfig(NamedTuple):
     def username(self) -> str:
         return f"{self.tenant}/{self.user}"
 
-    def __repr__(self) -> str:
-        return logs.repr_without(self)
+    __repr__ = logs.repr_without
 
 
 class CumulocityConfig(NamedTuple):
@@ -101,8 +100,7 @@ class CumulocityConfig(NamedTuple):
     def username(self) -> str | None:
         return f"{self.tenant}/{self.user}" if self.tenant and self.user else None
 
-    def __repr__(self) -> str:
-        return logs.repr_without(self)
+    __repr__ = logs.repr_without
 
 
 class StorageConfig(NamedTuple):
@@ -129,8 +127,7 @@ class StatusConfig(NamedTuple):
         """(user, password) of the status page's basic auth, or None: no auth."""
         return (checks.STATUS_USER, self.password) if self.password else None
 
-    def __repr__(self) -> str:
-        return logs.repr_without(self)
+    __repr__ = logs.repr_without
 
 
 class SupervisorConfig(NamedTuple):

@@ -38,8 +38,7 @@ class Credentials(NamedTuple):
     user: str
     password: str  # never in its repr
 
-    def __repr__(self) -> str:
-        return logs.repr_without(self)
+    __repr__ = logs.repr_without
 
     @property
     def username(self) -> str:

@@ -137,8 +137,7 @@ class Endpoint(NamedTuple):
     key_file: str | None = None
     tls: bool = False
 
-    def __repr__(self) -> str:
-        return logs.repr_without(self)
+    __repr__ = logs.repr_without
 
 
 class NotConnected(Exception):
