@@ -9,8 +9,8 @@ and measures, in one run:
   on a NOTIFY_SOCKET, so no request builds the status app) and a settle time; per extra
   device; where a child's own pages come from (copies of the supervisor's, or new); and, for
   reference, the PSS sum the earlier note gave;
-- CPU per delivered measurement: utime+stime of the tree (reaped children included) over a
-  window, divided by the measurements (201 lines) a subscriber received in it, against bare
+- CPU per delivered measurement: the scheduler's CPU time (ns) of every thread of the tree
+  over a window, divided by the measurements (201 lines) a subscriber received in it, against bare
   loops (one process per device: insert a row, publish it at QoS 1, wait for the PUBACK,
   delete it) at the same interval in the same run;
 - start: exec -> READY=1 on that NOTIFY_SOCKET, as a ratio to a bare
@@ -56,7 +56,6 @@ import pagemap  # noqa: E402
 from conftest import Mosquitto, children_of, free_port, write_config  # noqa: E402
 from doc_sections import SAVINGS_HEADING, STATUS_HEADING, section  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
 ONLINE_TIMEOUT_S = 120.0  # devices are forked 0.1 s apart, then each connects
 READY_TIMEOUT_S = 30.0
@@ -110,19 +109,40 @@ def pss_kb(pid: int) -> int:
     return rollup_kb(pid, "Pss")
 
 
-def cpu_ticks(pid: int, with_reaped: bool) -> int:
-    """utime+stime (and cutime+cstime for the root: children it already reaped)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return utime + stime + ((cutime + cstime) if with_reaped else 0)
+def task_cpu_ns(pids) -> dict[tuple[int, int], int]:
+    """{(pid, tid): ns on a CPU} for every thread of `pids`, from
+    /proc/<pid>/task/<tid>/schedstat: the scheduler's own sum in ns. (utime+stime in
+    /proc/<pid>/stat come in whole 10 ms clock ticks: a bare loop's ~30 ms in a 30 s window
+    read as 2, 3 or 4 ticks, ±35 %.) A process or thread gone meanwhile is left out."""
+    found = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                found[pid, int(tid)] = int(
+                    Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
 
 
-def tree_cpu_ticks(root: int) -> int:
-    return sum(cpu_ticks(pid, pid == root) for pid in tree(root))
+class CpuCounter:
+    """CPU time of a set of processes (all their threads) over a window, in ns precision.
+    A thread that ends inside the window takes its CPU time with it: `lost_tasks` counts
+    them, and the window is reported as not clean."""
+
+    def __init__(self, pids_now):
+        self.pids_now = pids_now  # -> the processes to count, read at each end of the window
+        self.start = task_cpu_ns(pids_now())
+
+    def seconds(self) -> tuple[float, int]:
+        """(CPU seconds since the start, threads of the start that are gone)."""
+        end = task_cpu_ns(self.pids_now())
+        lost = sum(1 for task in self.start if task not in end)
+        return sum(ns - self.start.get(task, 0) for task, ns in end.items()) / 1e9, lost
 
 
 # -- the agent ----------------------------------------------------------------------------
@@ -325,6 +345,7 @@ class Cpu:
     cpu_s: float
     measurements: int
     wall_s: float
+    lost_tasks: int = 0  # threads that ended inside the window (their CPU is missing)
 
     @property
     def per_measurement_ms(self) -> float:
@@ -335,16 +356,19 @@ class Cpu:
         return 100 * self.cpu_s / self.wall_s
 
 
-def _window(counter: MeasurementCounter, ticks, seconds: float) -> Cpu:
-    ticks0, count0, wall0 = ticks(), counter.read(), time.monotonic()
+def _window(counter: MeasurementCounter, pids_now, seconds: float) -> Cpu:
+    cpu, count0, wall0 = CpuCounter(pids_now), counter.read(), time.monotonic()
     time.sleep(seconds)
-    ticks1, count1, wall1 = ticks(), counter.read(), time.monotonic()
-    return Cpu((ticks1 - ticks0) / CLK_TCK, count1 - count0, wall1 - wall0)
+    (cpu_s, lost), count1, wall1 = cpu.seconds(), counter.read(), time.monotonic()
+    if lost:
+        print(f"  warning: {lost} threads ended inside the CPU window; their CPU time is "
+              "not counted", file=sys.stderr)
+    return Cpu(cpu_s, count1 - count0, wall1 - wall0, lost)
 
 
 def measure_cpu(workdir, port, notify, counter, count, interval_s, settle, seconds) -> Cpu:
     return online_agent(workdir, port, notify, count, interval_s, settle,
-                        lambda run, _: _window(counter, lambda: tree_cpu_ticks(run.proc.pid),
+                        lambda run, _: _window(counter, lambda: tree(run.proc.pid),
                                                seconds))
 
 
@@ -359,7 +383,7 @@ def measure_scale(workdir, port, notify, counter, count, per_process, settle,
     """Scale mode: `count` devices at SCALE_INTERVAL_S in groups of `per_process`."""
     def measure(run: AgentRun, online_s: float) -> Scale:
         memory = tree_memory(run.proc.pid, count, online_s)
-        return Scale(memory, _window(counter, lambda: tree_cpu_ticks(run.proc.pid), seconds))
+        return Scale(memory, _window(counter, lambda: tree(run.proc.pid), seconds))
     return online_agent(workdir, port, notify, count, SCALE_INTERVAL_S, settle, measure,
                         per_process)
 
@@ -401,7 +425,7 @@ def measure_bare_cpu(workdir: Path, port: int, counter, count: int, interval_s: 
              for i in range(count)]
     try:
         time.sleep(settle)
-        return _window(counter, lambda: sum(cpu_ticks(p.pid, False) for p in procs), seconds)
+        return _window(counter, lambda: [p.pid for p in procs], seconds)
     finally:
         for proc in procs:
             proc.kill()
@@ -605,8 +629,9 @@ METHOD = (
     "processes); the PSS sum is shown beside it for comparison with earlier notes. It is taken "
     "after every device is online (told by the `STATUS=` lines the agent sends to a "
     "NOTIFY_SOCKET the benchmark binds: no request builds the status app) and a settle time. "
-    "A child's *own* pages are those no other process of the tree has. **CPU** is utime+stime "
-    "of the tree (`/proc/<pid>/stat`, reaped children included) divided by the measurements "
+    "A child's *own* pages are those no other process of the tree has. **CPU** is the "
+    "scheduler's CPU time of every thread of the tree (`/proc/<pid>/task/<tid>/schedstat`, in "
+    "ns; until the fourth round utime+stime in whole 10 ms ticks) divided by the measurements "
     "(201 lines) a subscriber received in the same window, against three bare loops (one "
     "process per device: insert a row in SQLite, publish it at QoS 1, wait for the PUBACK, "
     "delete it) at the same interval in the same run. **Start** is exec → `READY=1` on that "
