@@ -208,6 +208,25 @@ def test_quote(value, expected):
     assert sr.quote(value) == expected
 
 
+class _LoudFloat(float):
+    def __repr__(self):
+        return f"LoudFloat({float(self)})"
+
+
+class _Label(str):
+    def __str__(self):
+        return "label, with comma"
+
+
+def test_subclasses_are_quoted_by_their_value():
+    # a float subclass with its own repr (as numpy's float64 has) still gives the number;
+    # a str subclass goes through str() as before, never through the cache of plain texts
+    assert sr.quote(_LoudFloat(1234.0)) == "1234"
+    assert sr.quote(_LoudFloat(1e-05)) == "0.00001"
+    assert sr.quote(_Label("x")) == '"label, with comma"'
+    assert sr.quote("x") == "x"
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_are_rejected(value):
     with pytest.raises(ValueError):

@@ -26,7 +26,7 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from fractions import Fraction
+from functools import lru_cache
 from typing import NamedTuple
 
 UPSTREAM_TOPIC = "s/us"
@@ -60,15 +60,32 @@ def quote(value: object) -> str:
     when it contains , " CR LF TAB or edge whitespace (embedded `"` doubled)."""
     if value is None:
         return ""
+    kind = type(value)
+    if kind is float:  # the common case: a reading's values
+        return format_number(value)
+    if kind is str and len(value) <= CACHED_TEXT_CHARS:  # fragments, series, units, types
+        return _quoted_text(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return format_number(value)
-    text = str(value)
+    return _quote_text(str(value))
+
+
+# A reading repeats the same few dozen names and units in every line: their quoting is
+# remembered (at most this many, up to this length each).
+CACHED_TEXT_CHARS = 64
+CACHED_TEXTS = 512
+
+
+def _quote_text(text: str) -> str:
     if not _NEEDS_QUOTES.search(text) and text == text.strip():
         return text
     text = _BACKSLASHES_BEFORE_QUOTE.sub(lambda m: m[1] * 2, text)
     return '"' + text.replace('"', '""') + '"'
+
+
+_quoted_text = lru_cache(maxsize=CACHED_TEXTS)(_quote_text)
 
 
 def format_number(value: float) -> str:
@@ -78,9 +95,12 @@ def format_number(value: float) -> str:
         raise ValueError(f"not a finite number: {value!r}")
     if value == 0:
         return "0"
+    text = float.__repr__(value)  # shortest round trip; exponent below 1e-4 and from 1e16
+    if "e" not in text:
+        return text[:-2] if text.endswith(".0") else text
     if not 1e-15 <= abs(value) < 1e21:
-        return repr(value)
-    text = format(Decimal(repr(value)), "f")
+        return text
+    text = format(Decimal(text), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
@@ -103,7 +123,10 @@ def iso_time(epoch_s: float) -> str:
     ValueError for NaN/inf and OverflowError outside years 1..9999."""
     if not math.isfinite(epoch_s):
         raise ValueError(f"not a finite time: {epoch_s!r}")
-    millis = round(Fraction(epoch_s) * 1000)
+    numerator, denominator = float(epoch_s).as_integer_ratio()  # exact; a power of two below
+    millis, rest = divmod(numerator * 1000, denominator)
+    if 2 * rest > denominator or (2 * rest == denominator and millis % 2):
+        millis += 1
     moment = _EPOCH + timedelta(milliseconds=millis)
     return moment.isoformat(timespec="milliseconds")
 
