@@ -12,7 +12,7 @@ and measures, in one run:
 - CPU per delivered measurement: the scheduler's CPU time (ns) of every thread of the tree
   over a window, divided by the measurements (201 lines) a subscriber received in it, against bare
   loops (one process per device: insert a row, publish it at QoS 1, wait for the PUBACK,
-  delete it) at the same interval in the same run;
+  delete it) at the same interval, running in the same window;
 - start: exec -> READY=1 on that NOTIFY_SOCKET, as a ratio to a bare
   `python3 -c "import paho.mqtt.client, yaml, bottle"` measured in the same run (median);
 - scale mode: 100 devices at interval 10 s with `supervisor.devices_per_process: 25`, and
@@ -311,13 +311,14 @@ def tree_memory(root: int, count: int, online_s: float) -> Memory:
 
 
 class MeasurementCounter:
-    """A subscriber on s/us counting the measurement lines (201) it receives."""
+    """A subscriber on s/us counting the measurement lines (201) it receives: the agent's,
+    and apart from them the bare loops' (measurement type BARE_TYPE)."""
 
     def __init__(self, port: int):
         import threading
 
         import paho.mqtt.client as mqtt
-        self.count, self.lock = 0, threading.Lock()
+        self.counts, self.lock = {False: 0, True: 0}, threading.Lock()
         kwargs = dict(client_id=f"counter-{os.getpid()}")
         self.client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
                        if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client(**kwargs))
@@ -327,13 +328,15 @@ class MeasurementCounter:
         self.client.loop_start()
 
     def _on_message(self, _client, _userdata, message) -> None:
-        lines = sum(1 for line in message.payload.split(b"\n") if line.startswith(b"201,"))
+        lines = [line for line in message.payload.split(b"\n") if line.startswith(b"201,")]
+        bare = sum(1 for line in lines if line.startswith(b"201," + BARE_TYPE + b","))
         with self.lock:
-            self.count += lines
+            self.counts[True] += bare
+            self.counts[False] += len(lines) - bare
 
-    def read(self) -> int:
+    def read(self, bare: bool = False) -> int:
         with self.lock:
-            return self.count
+            return self.counts[bare]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -356,20 +359,45 @@ class Cpu:
         return 100 * self.cpu_s / self.wall_s
 
 
-def _window(counter: MeasurementCounter, pids_now, seconds: float) -> Cpu:
-    cpu, count0, wall0 = CpuCounter(pids_now), counter.read(), time.monotonic()
+def _window(counter: MeasurementCounter, pids_now, seconds: float, bare: bool = False) -> Cpu:
+    return _windows(counter, {bare: pids_now}, seconds)[bare]
+
+
+def _windows(counter: MeasurementCounter, pids_now: dict, seconds: float) -> dict:
+    """{bare: Cpu} over one window for the agent's (False) and/or the bare loops' (True)
+    processes, each divided by its own measurements."""
+    cpus = {bare: CpuCounter(pids) for bare, pids in pids_now.items()}
+    counts0, wall0 = {bare: counter.read(bare) for bare in cpus}, time.monotonic()
     time.sleep(seconds)
-    (cpu_s, lost), count1, wall1 = cpu.seconds(), counter.read(), time.monotonic()
-    if lost:
-        print(f"  warning: {lost} threads ended inside the CPU window; their CPU time is "
-              "not counted", file=sys.stderr)
-    return Cpu(cpu_s, count1 - count0, wall1 - wall0, lost)
+    used = {bare: cpu.seconds() for bare, cpu in cpus.items()}
+    counts1, wall1 = {bare: counter.read(bare) for bare in cpus}, time.monotonic()
+    for bare, (_cpu_s, lost) in used.items():
+        if lost:
+            print(f"  warning: {lost} threads ended inside the CPU window; their CPU time is "
+                  "not counted", file=sys.stderr)
+    return {bare: Cpu(cpu_s, counts1[bare] - counts0[bare], wall1 - wall0, lost)
+            for bare, (cpu_s, lost) in used.items()}
 
 
-def measure_cpu(workdir, port, notify, counter, count, interval_s, settle, seconds) -> Cpu:
-    return online_agent(workdir, port, notify, count, interval_s, settle,
-                        lambda run, _: _window(counter, lambda: tree(run.proc.pid),
-                                               seconds))
+def measure_cpu(workdir, port, notify, counter, count, interval_s, settle,
+                seconds) -> tuple[Cpu, Cpu]:
+    """(agent, bare): the agent of `count` devices and `count` BARE_DEVICE loops at
+    `interval_s`, measured in the same window, so that the shared machine's load at that
+    time weighs on both alike (run one after the other, the ratio swung by ±20 %)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BARE_DEVICE, str(port),
+                               str(workdir / f"bare-{i}-{time.monotonic_ns()}.sqlite3"),
+                               str(interval_s)])
+             for i in range(count)]
+    try:
+        cpus = online_agent(
+            workdir, port, notify, count, interval_s, settle,
+            lambda run, _: _windows(counter, {False: lambda: tree(run.proc.pid),
+                                              True: lambda: [p.pid for p in procs]}, seconds))
+        return cpus[False], cpus[True]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
 
 
 @dataclass
@@ -388,6 +416,8 @@ def measure_scale(workdir, port, notify, counter, count, per_process, settle,
                         per_process)
 
 
+BARE_TYPE = b"c8ysim_Bare"  # the measurement type the bare loops send
+
 # The least a device process can do per tick in Python with the same libraries: commit a row
 # to SQLite (WAL, synchronous=NORMAL), publish it at QoS 1, wait for the PUBACK, delete it.
 BARE_DEVICE = r"""
@@ -404,7 +434,7 @@ client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2) if hasattr(mqtt, "Callba
 client.on_publish = lambda *args: acked.set()
 client.connect("127.0.0.1", port)
 client.loop_start()
-line = b"201,c8ysim_Bare,2026-11-29T10:00:00.000+00:00" + b",c8y_P,P,900.0,W" * 10
+line = b"201,c8ysim_Bare,2026-11-29T10:00:00.000+00:00" + b",c8y_P,P,900.0,W" * 10  # BARE_TYPE
 due = time.monotonic()
 while True:
     due += interval
@@ -415,21 +445,6 @@ while True:
     acked.wait(5)
     db.execute("DELETE FROM outbox WHERE id = (SELECT min(id) FROM outbox)")
 """
-
-
-def measure_bare_cpu(workdir: Path, port: int, counter, count: int, interval_s: float,
-                     settle: float, seconds: float) -> Cpu:
-    """`count` BARE_DEVICE processes at `interval_s`, over `seconds`."""
-    procs = [subprocess.Popen([sys.executable, "-c", BARE_DEVICE, str(port),
-                               str(workdir / f"bare-{i}.sqlite3"), str(interval_s)])
-             for i in range(count)]
-    try:
-        time.sleep(settle)
-        return _window(counter, lambda: [p.pid for p in procs], seconds)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(10)
 
 
 def measure_history_kib(workdir: Path, name: str = "heatpump") -> float:
@@ -634,9 +649,9 @@ METHOD = (
     "ns; until the fourth round utime+stime in whole 10 ms ticks) divided by the measurements "
     "(201 lines) a subscriber received in the same window, against three bare loops (one "
     "process per device: insert a row in SQLite, publish it at QoS 1, wait for the PUBACK, "
-    "delete it) at the same interval in the same run. **Start** is exec → `READY=1` on that "
-    "socket against a bare `python3 -c \"" + BARE_IMPORT + "\"` timed in the same run, both "
-    "from byte-compiled modules (as installed from the package). The machine is shared: read "
+    "delete it) at the same interval, running at the same time in the same window. **Start** "
+    "is exec → `READY=1` on that socket against a bare `python3 -c \"" + BARE_IMPORT + "\"` "
+    "timed in the same run, both from byte-compiled modules (as installed from the package). The machine is shared: read "
     "the figures as ratios within one run.")
 
 
@@ -803,10 +818,8 @@ def run(args) -> list[str]:
                   f"{memory.supervisor_own_mb:.1f} MB its own; a child owns "
                   f"{memory.child_own_mb:.2f} MB; PSS sum {memory.pss_mb:.1f} MB)")
         settle = min(args.settle, 10.0)
-        cpu = measure_cpu(workdir, broker.port, notify, counter, 3, CPU_INTERVAL_S, settle,
-                          args.seconds)
-        bare = measure_bare_cpu(workdir, broker.port, counter, 3, CPU_INTERVAL_S, settle,
-                                args.seconds)
+        cpu, bare = measure_cpu(workdir, broker.port, notify, counter, 3, CPU_INTERVAL_S,
+                                settle, args.seconds)
         cpu_ratio = cpu.per_measurement_ms / bare.per_measurement_ms
         print(f"  CPU, 3 devices at {CPU_INTERVAL_S:g} s: {cpu.per_measurement_ms:.2f} ms per "
               f"delivered measurement ({cpu.measurements} in {cpu.wall_s:.0f} s, "
