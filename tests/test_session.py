@@ -135,6 +135,31 @@ def test_200_cuts_reconnect_every_time_without_leaks_or_loss(tmp_path, mosquitto
         recorder.wait(5)
 
 
+def test_a_live_reading_is_published_after_one_read_of_the_buffer(tmp_path, mosquitto):
+    # The turn that publishes a reading reads the buffer once: a read that found every row
+    # is not repeated in the same turn (the next turn's read sees what others added).
+    driver = Driver(tmp_path, mosquitto.port)
+    peeks = []
+    real_peek = driver.buffer.peek
+    driver.buffer.peek = lambda limit, after_id=0: peeks.append(after_id) or real_peek(
+        limit, after_id)
+    try:
+        driver.run_until(lambda: driver.session.state == "online", 10, "the connection")
+        driver.run_until(lambda: not driver.session.inflight, 5, "the registration's PUBACKs")
+        for value in range(3):
+            driver.buffer.put_many([("s/us", f"211,{value}".encode(), time.time())])
+            peeks.clear()
+            driver.session.poll(time.monotonic())
+            assert len(peeks) == 1 and driver.session.inflight, (value, peeks)
+            driver.run_until(lambda: driver.buffer.stats(time.time()).depth == 0, 5,
+                             f"reading {value} acknowledged")
+        peeks.clear()
+        driver.session.poll(time.monotonic())
+        assert len(peeks) == 1  # nothing in flight, nothing known: it still looks
+    finally:
+        driver.close()
+
+
 def test_blackholed_connection_is_given_up_and_retried(tmp_path, mosquitto):
     proxy = FaultProxy(mosquitto.port)
     driver = Driver(tmp_path, proxy.port)

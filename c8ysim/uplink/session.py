@@ -436,6 +436,7 @@ class Session:
     # -- draining the buffer ------------------------------------------------------------------
 
     def _fill_window(self, now: float) -> None:
+        read_to_end = False  # a peek of this turn found every row there was
         while self.state == Link.ONLINE:
             room, tokens = self._room(), self.pace.available(now)
             budget = min(ROWS_PER_PEEK, tokens, room)
@@ -444,9 +445,12 @@ class Session:
                     self.drain.held_back()  # the rate, not the window, holds it back
                 return  # a backlog goes out a batch at a time (wakeup_in says when)
             if not self.lookahead:
+                if read_to_end:  # rows another process adds meanwhile: the next turn's peek
+                    return
                 rows = self._peek(budget + 1)
                 # one more row than allowed tells whether a backlog waits
                 self.backlogged = len(rows) > budget
+                read_to_end = not self.backlogged
                 if not rows:
                     return
                 # quarantining moves the cursor past those
