@@ -15,7 +15,6 @@ share /etc/machine-id). Standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,6 +28,11 @@ MACHINE_ID_FILE = "/etc/machine-id"
 LENGTH = 8
 
 log = logging.getLogger(__name__)
+
+try:  # Python's own SHA-256: hashlib would load OpenSSL's libcrypto (~3.5 MB) into the agent
+    from _sha256 import sha256 as _sha256  # Python 3.11 (Debian 12)
+except ImportError:  # 3.12 renamed it
+    from hashlib import sha256 as _sha256
 
 
 def host_id() -> str:
@@ -50,7 +54,7 @@ def _host_id(override: str | None) -> str:
     name = socket.gethostname()
     log.warning("no Raspberry Pi serial number and no %s: the host ID comes from the host "
                 "name %r and changes with it; set external_id per device", MACHINE_ID_FILE, name)
-    return hashlib.sha256(name.encode()).hexdigest()[:LENGTH]
+    return _sha256(name.encode()).hexdigest()[:LENGTH]
 
 
 def _read(path: str) -> str:

@@ -24,8 +24,41 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, told the terminal's width: argparse's own finds it with
+    `import shutil`, which imports bz2 and lzma (~4 ms, and their libraries in every
+    process of the agent, which builds this parser before it forks)."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """As shutil.get_terminal_size: $COLUMNS, else the terminal of stdout, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, as their parser_class, its subcommands') with _HelpFormatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="c8ysim", description="Simulated energy devices connected to Cumulocity IoT.")
     parser.add_argument("--version", action="version", version=f"c8ysim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

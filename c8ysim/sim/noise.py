@@ -18,9 +18,13 @@ one period, without any lookback. Callers sum a few such octaves (e.g. days + ho
 
 from __future__ import annotations
 
-import hashlib
 import math
 from functools import lru_cache
+
+try:  # hashlib's blake2b is this one; importing hashlib would load OpenSSL's libcrypto too
+    from _blake2 import blake2b
+except ImportError:  # a build without it
+    from hashlib import blake2b
 
 MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -40,7 +44,7 @@ def _mix(x: int) -> int:
 @lru_cache(maxsize=4096)
 def stream_key(seed: int, stream: str) -> int:
     """The 64-bit key of one named noise stream of one site (stable across processes)."""
-    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
+    digest = blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 

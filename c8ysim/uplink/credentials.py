@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -127,7 +126,7 @@ def save(path: Path, credentials: Credentials) -> None:
     data = json.dumps({"tenant": credentials.tenant, "user": credentials.user,
                        "password": credentials.password, "stored_at": round(time.time())},
                       indent=1).encode() + b"\n"
-    temp = directory / f".{path.name}{_TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+    temp = directory / f".{path.name}{_TEMP_TAG}{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         _remove_stale_temps(path)

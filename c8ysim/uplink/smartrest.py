@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -100,6 +99,8 @@ def format_number(value: float) -> str:
         return text[:-2] if text.endswith(".0") else text
     if not 1e-15 <= abs(value) < 1e21:
         return text
+    from decimal import Decimal  # rare (|value| < 1e-4 or >= 1e16): not loaded otherwise
+
     text = format(Decimal(text), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
