@@ -214,7 +214,7 @@ def test_step_is_fast():
     assert (time.perf_counter() - started) / 1000 < 0.005  # ~0.15 ms on a laptop
 
 
-ALLOWED_IMPORTS = {"__future__", "typing", "math", "hashlib", "functools", "datetime",
+ALLOWED_IMPORTS = {"__future__", "typing", "math", "hashlib", "_blake2", "functools", "datetime",
                    "zoneinfo", "importlib"}
 LEAF_MODULES = ("c8ysim.kinds", "c8ysim.site")  # plain data the models may read
 
