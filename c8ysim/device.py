@@ -35,14 +35,22 @@ from c8ysim.uplink.credentials import Credentials
 from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink.transport import Endpoint
 
-HEARTBEAT_INTERVAL_S = 1.0
+# A device beats every BEAT_BUSY_S while it has something moving to show (a queue, a link
+# not online, a fault), at once when its link changes, with each reading (in the turn of
+# its PUBACK, at most every BEAT_BUSY_S), and every BEAT_STEADY_S otherwise (at most a
+# quarter of supervisor.heartbeat_timeout_s): at the sample's 10 s interval a beat a second
+# made ten wake-ups per reading (issue 18).
+BEAT_BUSY_S = 1.0
+BEAT_STEADY_S = 5.0
 # A beat goes out in the turn that follows a reading's acknowledgement when it is due
 # within BEAT_LATE_S either way: it waits for a reading due just after it, and goes early
 # after one read just before it. One wake-up of the loop for both, whatever the phase.
 BEAT_LATE_S = 0.5
 BEAT_EARLY_S = 0.1  # in any other turn, a beat this close to due goes out
 JUST_READ_S = 0.25  # a turn this soon after a reading follows it (its PUBACK)
-MAX_WAIT_S = 1.0  # longest sleep of the loop (parent check; SIGTERM wakes it at once)
+# Longest sleep of the loop: the parent check (the kernel's PDEATHSIG comes first) and the
+# look for rows another process queued; events (SIGTERM, PUBACKs, operations) wake it at once.
+MAX_WAIT_S = 5.0
 AUTH_RETRY_WITH_FALLBACK_S = 30.0  # refused logins retried within this: ~1 min to fall back
 MODEL_STATE_KEY = "model.state"
 SAVE_RETRY_S = 60.0  # issued credentials not yet stored: try again this often
@@ -76,6 +84,9 @@ class Device:
         self.events = queue.SimpleQueue() if events is None else events
         self.beat_fields = beat_fields  # () -> dict, or None
         self.next_tick = self.next_heartbeat = 0.0
+        self.beat_steady_s = min(BEAT_STEADY_S, config.supervisor.heartbeat_timeout_s / 4)
+        self.beat_link = None  # the uplink's state the last beat showed
+        self.beat_sent_at = -1e9  # monotonic time of the last beat
         self.read_at = -1e9  # monotonic time of the last reading the loop took
         self.control = Control(config, device, self.reading_now, self.status_text)
         self.model = sim.build_model(self.control.site, device.name)
@@ -279,15 +290,23 @@ class Device:
             # a loop woken a little early does not wake again for the same slot, and a jump
             # of the wall clock never stalls (at most an interval) or bursts the loop.
             self.next_tick = now + _until_slot_after(read, self.control.interval_s)
+            # the beat that shows it: with its PUBACK (see _beat_due), a second after the last
+            self.next_heartbeat = min(self.next_heartbeat, self.beat_sent_at + BEAT_BUSY_S)
         self._follow_outage(time.time(), now)
         self._poll_uplink(time.monotonic())
         if self.session and self.session.operations.restart_requested:
             log.info("restarting the device for its c8y_Restart operation")
             return True
-        if self._beat_due(now):
-            self.send_heartbeat()
-            self.next_heartbeat = now + HEARTBEAT_INTERVAL_S
+        if self._beat_due(now) or self._link() != self.beat_link:
+            steady = self.send_heartbeat()
+            self.beat_sent_at = now
+            self.next_heartbeat = now + (self.beat_steady_s if steady else BEAT_BUSY_S)
         return False
+
+    def _link(self):
+        """The uplink's state (a beat goes out when it changes)."""
+        uplink = self.uplink
+        return uplink.state if uplink else self.outage_until is not None
 
     def _beat_due(self, now: float) -> bool:
         """About once a second, in the turn after a reading's acknowledgement if one is near
@@ -412,9 +431,11 @@ class Device:
         self.units = {f"{s.fragment}.{s.series}": s.unit for s in reading.series}
         return t
 
-    def send_heartbeat(self) -> None:
+    def send_heartbeat(self) -> bool:
+        """Beat; True when it shows nothing moving: online, nothing queued, no fault."""
+        self.beat_link = self._link()
         if self.heartbeat is None:
-            return
+            return False
         stats = self.buffer.stats(time.time())
         beat = Heartbeat(
             pid=os.getpid(), time=time.time(), queued=stats.depth,
@@ -427,6 +448,7 @@ class Device:
             self.heartbeat.send(beat.encode())
         except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):
             pass  # the supervisor is busy or gone; the next beat or the ppid check covers it
+        return beat.connection == Link.ONLINE and not beat.queued and not beat.faults
 
     def close(self) -> None:
         if self.uplink:

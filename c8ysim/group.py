@@ -47,7 +47,7 @@ import time
 from c8ysim import device as device_child
 from c8ysim import exits, logs
 from c8ysim.config import Config
-from c8ysim.device import HEARTBEAT_INTERVAL_S, MAX_WAIT_S, Device
+from c8ysim.device import BEAT_BUSY_S, MAX_WAIT_S, Device
 from c8ysim.heartbeat import Heartbeat, Link
 from c8ysim.states import Action, ChildState, Event, Policy, next_state
 from c8ysim.storage import StorageConfigError, open_buffer
@@ -259,7 +259,7 @@ class Group:
 
     def _beat_idle(self, member: Member, now: float) -> None:
         """The beat of a device that is not running (backoff, FATAL): the group is alive."""
-        member.next_beat_at = now + HEARTBEAT_INTERVAL_S
+        member.next_beat_at = now + BEAT_BUSY_S
         if self.heartbeat is None:
             return
         beat = Heartbeat(pid=os.getpid(), time=time.time(), connection=Link.STOPPED,

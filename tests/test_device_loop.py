@@ -6,13 +6,20 @@ is aimed at the slot after the one read, whatever the wall clock did."""
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import time
 import types
 
 import pytest
 
 from c8ysim import device
+from c8ysim.config import load
 from c8ysim.device import BEAT_EARLY_S, BEAT_LATE_S, Device
+from c8ysim.heartbeat import Heartbeat, Link
+from c8ysim.storage import open_buffer
+from conftest import free_port, write_config
 
 
 def loop(next_heartbeat: float, next_tick: float, inflight: int = 0) -> Device:
@@ -97,7 +104,7 @@ def run_loop(interval_s: float, first_beat: float, seconds: float = 30.0,
             d.session.inflight, ack_at = {1: None}, now + ack_s
         if d._beat_due(now):
             beats.append((now, bool(d.session.inflight)))
-            d.next_heartbeat = now + device.HEARTBEAT_INTERVAL_S
+            d.next_heartbeat = now + device.BEAT_BUSY_S
         wake = now + d.wake_in(now) + rng.uniform(0, 0.003)
         if ack_at is not None and ack_at <= wake:
             now, ack_at, d.session.inflight = ack_at + rng.uniform(0, 0.003), None, {}
@@ -121,3 +128,53 @@ def test_beats_stay_a_second_apart_and_never_catch_a_reading_in_flight(interval_
     assert per_s <= 2 / min(interval_s, 1.0) + 1.05  # a reading and its PUBACK, and a beat
     if interval_s == 1.0:
         assert per_s <= 2.05  # the beat shares the reading's PUBACK turn
+
+
+def test_a_steady_device_beats_less_often_and_at_once_when_its_link_changes(tmp_path,
+                                                                           mosquitto):
+    """A real device in this process against mosquitto: its first beats come at once (the
+    link changes: connecting, then online), then, online with nothing queued, one beat every
+    BEAT_STEADY_S capped at a quarter of heartbeat_timeout_s (here 2 s), and its loop sleeps
+    between them instead of waking every second; a reading is shown by a beat at once."""
+    path = write_config(tmp_path, mosquitto.port, free_port(), interval_s=60.0,
+                        devices=[("pv-roof", "pv")],
+                        extra="supervisor: {heartbeat_timeout_s: 8.0}\n")
+    config = load(str(path))
+    mine, supervisor_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    buffer = open_buffer(config.storage, "pv-roof")
+    d = Device(config, config.device("pv-roof"), buffer, mine, os.getppid())
+    d.next_tick = time.monotonic() + 3600  # no reading for now: the beats alone
+    beats, wall_start = [], time.time()
+
+    def run(seconds: float) -> int:
+        wakes, until = 0, time.monotonic() + seconds
+        while time.monotonic() < until:
+            d.turn(time.monotonic())
+            d._wait(min(d.wake_in(time.monotonic()), max(0.0, until - time.monotonic())))
+            wakes += 1
+            while True:
+                try:
+                    data = supervisor_end.recv(65536, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                beat = Heartbeat.decode(data)  # read after the wait: its own time says when
+                beats.append((beat.time - wall_start, beat.connection, beat.last_reading))
+        return wakes
+
+    try:
+        wakes = run(9.0)
+        online = [t for t, link, _ in beats if link == Link.ONLINE]
+        assert online and online[0] < 2.0, beats  # the link's change is shown at once
+        assert beats[0][0] < 0.5 and beats[0][1] != Link.ONLINE, beats
+        gaps = [b - a for a, b in zip(online, online[1:])]
+        assert len(gaps) >= 3 and all(1.9 <= gap <= 2.3 for gap in gaps), beats
+        assert wakes <= len(beats) + 6, (wakes, beats)  # woken by its beats, not every second
+        read_at = time.time() - wall_start
+        d.next_tick = time.monotonic()
+        run(1.0)
+        shown = [t for t, _, reading in beats if reading is not None]
+        assert shown and shown[0] - read_at < 0.5, (read_at, beats[-3:])
+    finally:
+        d.close()
+        mine.close()
+        supervisor_end.close()

@@ -32,7 +32,7 @@ def test_three_devices_register_publish_and_stop(tmp_path, mosquitto, recorder, 
                what="measurements from every device")
     status = agent.devices()
     assert set(status) == set(NAMES)
-    assert all(d["state"] == "running" and d["sent"] > 0 for d in status.values())
+    assert all(d["state"] == "running" and d["sent"] > 0 for d in status.values()), [(d["state"], d["sent"], d["time"]) for d in status.values()]
 
     children = agent.child_pids()
     assert len(children) == 3

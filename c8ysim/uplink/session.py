@@ -77,6 +77,7 @@ WINDOW_PUBLISHES = 20  # QoS 1 publishes in flight; paho slows down with large w
 DRAIN_BATCH_S = 0.1
 DRAIN_BATCH_LINES = 64
 ROWS_PER_PEEK = 500
+IDLE_POLL_S = 5.0  # online with nothing to send: rows another process queues wait this at most
 BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 60.0  # a connection up this long resets the backoff
 CONNECT_TIMEOUT_S = 30.0  # TCP + TLS + CONNACK; longer counts as a failed attempt
@@ -190,7 +191,7 @@ class Session:
         if room and room >= self._batch_wanted():
             wait = self.pace.wait_s(now, max(1, self._batch_wanted()))
             return wait if wait > 0 else None
-        return 1.0
+        return IDLE_POLL_S if self.state == Link.ONLINE else 1.0
 
     def report_configuration(self, text: str) -> None:
         """A new 113 text: sent now when online, and on every later connect."""
