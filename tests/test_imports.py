@@ -170,3 +170,20 @@ def test_the_agent_loads_none_of_the_modules_it_avoids():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [], f"loaded: {result.stdout.strip()}"
+
+
+@pytest.mark.parametrize("columns, width", [("40", 40), ("132", 132), ("abc", 80), ("0", 80),
+                                            ("-3", 80), ("", 80), ("9" * 30, int("9" * 30))])
+def test_help_takes_the_width_from_columns_or_falls_back_to_80(monkeypatch, columns, width):
+    """The parser's own width lookup (argparse's goes through shutil), as shutil's: $COLUMNS
+    when it is a positive number, else stdout's terminal (none under pytest), else 80; the
+    help of every subcommand is formatted to it (argparse leaves 2 columns free)."""
+    from c8ysim import main
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert main._terminal_columns() == width
+    parser = main._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for sub in [parser, *commands.values()]:
+        assert sub._get_formatter()._width == width - 2, sub.prog
+        assert sub.format_help().startswith("usage: c8ysim")
