@@ -132,7 +132,7 @@ def task_cpu_ns(pids) -> dict[tuple[int, int], int]:
 
 class CpuCounter:
     """CPU time of a set of processes (all their threads) over a window, in ns precision.
-    A thread that ends inside the window takes its CPU time with it: `lost_tasks` counts
+    A thread that ends inside the window takes its CPU time with it: `seconds()` counts
     them, and the window is reported as not clean."""
 
     def __init__(self, pids_now):
@@ -349,7 +349,6 @@ class Cpu:
     cpu_s: float
     measurements: int
     wall_s: float
-    lost_tasks: int = 0  # threads that ended inside the window (their CPU is missing)
 
     @property
     def per_measurement_ms(self) -> float:
@@ -360,8 +359,9 @@ class Cpu:
         return 100 * self.cpu_s / self.wall_s
 
 
-def _window(counter: MeasurementCounter, pids_now, seconds: float, bare: bool = False) -> Cpu:
-    return _windows(counter, {bare: pids_now}, seconds)[bare]
+def _window(counter: MeasurementCounter, pids_now, seconds: float) -> Cpu:
+    """The agent's Cpu over one window."""
+    return _windows(counter, {False: pids_now}, seconds)[False]
 
 
 def _windows(counter: MeasurementCounter, pids_now: dict, seconds: float) -> dict:
@@ -376,8 +376,8 @@ def _windows(counter: MeasurementCounter, pids_now: dict, seconds: float) -> dic
         if lost:
             print(f"  warning: {lost} threads ended inside the CPU window; their CPU time is "
                   "not counted", file=sys.stderr)
-    return {bare: Cpu(cpu_s, counts1[bare] - counts0[bare], wall1 - wall0, lost)
-            for bare, (cpu_s, lost) in used.items()}
+    return {bare: Cpu(cpu_s, counts1[bare] - counts0[bare], wall1 - wall0)
+            for bare, (cpu_s, _lost) in used.items()}
 
 
 def measure_cpu(workdir, port, notify, counter, count, interval_s, settle,
@@ -652,8 +652,8 @@ METHOD = (
     "process per device: insert a row in SQLite, publish it at QoS 1, wait for the PUBACK, "
     "delete it) at the same interval, running at the same time in the same window. **Start** "
     "is exec → `READY=1` on that socket against a bare `python3 -c \"" + BARE_IMPORT + "\"` "
-    "timed in the same run, both from byte-compiled modules (as installed from the package). The machine is shared: read "
-    "the figures as ratios within one run.")
+    "timed in the same run, both from byte-compiled modules (as installed from the package). "
+    "The machine is shared: read the figures as ratios within one run.")
 
 
 def write_doc(path: Path, lines: list[str], notes: list[str], drain: list[str]) -> None:

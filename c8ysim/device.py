@@ -299,7 +299,7 @@ class Device:
             return True
         if self._beat_due(now) or self._link() != self.beat_link:
             steady = self.send_heartbeat()
-            self.beat_sent_at = now
+            self.beat_link, self.beat_sent_at = self._link(), now
             self.next_heartbeat = now + (self.beat_steady_s if steady else BEAT_BUSY_S)
         return False
 
@@ -433,7 +433,6 @@ class Device:
 
     def send_heartbeat(self) -> bool:
         """Beat; True when it shows nothing moving: online, nothing queued, no fault."""
-        self.beat_link = self._link()
         if self.heartbeat is None:
             return False
         stats = self.buffer.stats(time.time())
