@@ -36,10 +36,11 @@ from c8ysim.uplink.session import Registration, Session
 from c8ysim.uplink.transport import Endpoint
 
 # A device beats every BEAT_BUSY_S while it has something moving to show (a queue, a link
-# not online, a fault), at once when its link changes, with each reading (in the turn of
-# its PUBACK, at most every BEAT_BUSY_S), and every BEAT_STEADY_S otherwise (at most a
-# quarter of supervisor.heartbeat_timeout_s): at the sample's 10 s interval a beat a second
-# made ten wake-ups per reading (issue 18).
+# not online, a fault), at once when its link changes, and every BEAT_STEADY_S otherwise (at
+# most a quarter of supervisor.heartbeat_timeout_s), readings or not: at the sample's 10 s
+# interval a beat a second made ten wake-ups per reading, and at 1 s a beat with every
+# reading cost the device and the supervisor more than the status page, which refreshes
+# and keeps a reading every 5 s, can show (issue 18).
 BEAT_BUSY_S = 1.0
 BEAT_STEADY_S = 5.0
 # A beat goes out in the turn that follows a reading's acknowledgement when it is due
@@ -86,7 +87,6 @@ class Device:
         self.next_tick = self.next_heartbeat = 0.0
         self.beat_steady_s = min(BEAT_STEADY_S, config.supervisor.heartbeat_timeout_s / 4)
         self.beat_link = None  # the uplink's state the last beat showed
-        self.beat_sent_at = -1e9  # monotonic time of the last beat
         self.read_at = -1e9  # monotonic time of the last reading the loop took
         self.control = Control(config, device, self.reading_now, self.status_text)
         self.model = sim.build_model(self.control.site, device.name)
@@ -290,8 +290,6 @@ class Device:
             # a loop woken a little early does not wake again for the same slot, and a jump
             # of the wall clock never stalls (at most an interval) or bursts the loop.
             self.next_tick = now + _until_slot_after(read, self.control.interval_s)
-            # the beat that shows it: with its PUBACK (see _beat_due), a second after the last
-            self.next_heartbeat = min(self.next_heartbeat, self.beat_sent_at + BEAT_BUSY_S)
         self._follow_outage(time.time(), now)
         self._poll_uplink(time.monotonic())
         if self.session and self.session.operations.restart_requested:
@@ -299,7 +297,7 @@ class Device:
             return True
         if self._beat_due(now) or self._link() != self.beat_link:
             steady = self.send_heartbeat()
-            self.beat_link, self.beat_sent_at = self._link(), now
+            self.beat_link = self._link()
             self.next_heartbeat = now + (self.beat_steady_s if steady else BEAT_BUSY_S)
         return False
 

@@ -135,8 +135,9 @@ def test_a_steady_device_beats_less_often_and_at_once_when_its_link_changes(tmp_
     """A real device in this process against mosquitto: its first beats come at once (the
     link changes: connecting, then online), then, online with nothing queued, one beat every
     BEAT_STEADY_S capped at a quarter of heartbeat_timeout_s (here 2 s), and its loop sleeps
-    between them instead of waking every second; a reading is shown by a beat at once."""
-    path = write_config(tmp_path, mosquitto.port, free_port(), interval_s=60.0,
+    between them instead of waking every second. Readings every second do not make the
+    beats more frequent; each beat shows the newest reading."""
+    path = write_config(tmp_path, mosquitto.port, free_port(), interval_s=1.0,
                         devices=[("pv-roof", "pv")],
                         extra="supervisor: {heartbeat_timeout_s: 8.0}\n")
     config = load(str(path))
@@ -169,11 +170,16 @@ def test_a_steady_device_beats_less_often_and_at_once_when_its_link_changes(tmp_
         gaps = [b - a for a, b in zip(online, online[1:])]
         assert len(gaps) >= 3 and all(1.9 <= gap <= 2.3 for gap in gaps), beats
         assert wakes <= len(beats) + 6, (wakes, beats)  # woken by its beats, not every second
-        read_at = time.time() - wall_start
-        d.next_tick = time.monotonic()
-        run(1.0)
-        shown = [t for t, _, reading in beats if reading is not None]
-        assert shown and shown[0] - read_at < 0.5, (read_at, beats[-3:])
+        reading_from = len(beats)
+        d.next_tick = time.monotonic()  # now a reading every second
+        run(6.5)
+        with_readings = beats[reading_from:]
+        times = [t for t, _, _ in with_readings]
+        assert 2 <= len(times) <= 4, beats  # every 2 s, not with every reading
+        assert all(1.9 <= b - a <= 2.3 for a, b in zip(times, times[1:])), beats
+        shown = [reading["time"] - wall_start for _, _, reading in with_readings if reading]
+        assert len(shown) == len(times), beats  # every one shows a reading ...
+        assert all(t - r <= 1.2 for t, r in zip(times, shown)), beats  # ... the newest
     finally:
         d.close()
         mine.close()
