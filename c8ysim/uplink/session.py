@@ -1,7 +1,8 @@
 """The Cumulocity session of one device: connect, register, subscribe, drain; reconnect forever.
 
 Runs in the device's main thread only: `handle()` takes the transport's events, `poll()` acts
-on time (reconnect when the backoff is due, fill the in-flight window). Per (re)connect:
+on time (reconnect when the backoff is due, fill the in-flight window); the loop polls after
+every batch of events, so the room PUBACKs free is filled once per batch. Per (re)connect:
 
     CONNECT -> SUBSCRIBE s/e, 100 (wait for its PUBACK) -> 110 + 114 + 117 (+ 112, 113)
             -> SUBSCRIBE s/ds
@@ -345,7 +346,6 @@ class Session:
             self.last_ack = time.time()
             if handed_at is not None:
                 self._pace_by_latency(handed_at, len(ids), now)
-            self._fill_window(now)
 
     def _after_device_created(self) -> None:
         reg = self.registration
