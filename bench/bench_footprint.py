@@ -690,21 +690,24 @@ def miss_notes(memories: dict, per_device, cpu: Cpu, bare: Cpu, start: tuple,
         notes.append(
             f"- **Memory.** {base.distinct_mb:.1f} MB distinct for 3 devices, "
             f"{per_device:.2f} MB per extra device: a child owns {base.child_own_mb:.1f} MB "
-            f"and the supervisor {base.supervisor_mb:.1f} MB in all.{detail} Python 3.11 has "
-            "no immortal objects (3.12 has, PEP 683): every object a child touches, even for a "
-            "moment, copies its page. See the savings section for what was tried.")
+            f"and the supervisor {base.supervisor_mb:.1f} MB in all.{detail} Python 3.11 "
+            "writes the reference count of every object a child touches, even for a moment, "
+            "and so copies its page; calling a function also writes to its function and code "
+            "objects. The immortal objects of 3.12 (PEP 683) would not change that much: they "
+            "are built-in singletons, static types and interned strings, not the functions, "
+            "code objects and constants a device runs through. See the savings section for "
+            "what was tried.")
     ratio = cpu.per_measurement_ms / bare.per_measurement_ms
     if ratio > TARGET_CPU_RATIO:
         notes.append(
             f"- **CPU.** {cpu.per_measurement_ms:.2f} ms of CPU per delivered measurement "
             f"against {bare.per_measurement_ms:.2f} ms for the bare loops ({ratio:.2f} ×). "
             "Per tick a device steps its model, commits the reading with its model state "
-            "(and the ledger), publishes, commits the acknowledgement, and with the "
-            "acknowledgement (at 1 s: every second) builds a heartbeat with the buffer's "
-            "counters, which the supervisor decodes; "
-            "its loop wakes twice a second at a 1 s interval (the reading, its PUBACK with "
-            "the beat). The bare loop does none of the model, state, heartbeat or supervisor "
-            "work. Where a device's CPU goes: the savings section.")
+            "(and the ledger), publishes, and commits the acknowledgement; every 5 s when "
+            "steady it builds a heartbeat with the buffer's counters, which the supervisor "
+            "decodes. Its loop wakes twice per reading (the reading, its PUBACK), as the bare "
+            "loop does, but the bare loop does none of the model, state, ledger, heartbeat or "
+            "supervisor work. Where a device's CPU goes: the savings section.")
     agent_s, bare_s, modules_s = start
     if agent_s / bare_s > TARGET_START_RATIO:
         heavy = ", ".join(f"`{name}` {ms:.0f} ms" for name, ms in heaviest_imports(AGENT_IMPORT))
