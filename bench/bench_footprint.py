@@ -202,7 +202,7 @@ class AgentRun:
     """One agent process tree (own session, so cleanup reaches every child)."""
 
     def __init__(self, workdir: Path, broker_port: int, count: int, interval_s: float,
-                 notify: NotifySocket, per_process: int = 1):
+                 notify: NotifySocket, per_process: int = 1, checkout: Path = REPO):
         self.workdir = workdir / f"agent-{count}-{interval_s:g}-{time.monotonic_ns()}"
         self.workdir.mkdir()
         self.status_port = free_port()
@@ -212,6 +212,7 @@ class AgentRun:
         self.config = write_config(self.workdir, broker_port, self.status_port, interval_s,
                                    devices=device_list(count), extra=extra)
         self.notify = notify
+        self.checkout = checkout  # `python -m c8ysim` runs the c8ysim package found here
         self.proc: subprocess.Popen | None = None
         self.log = open(self.workdir / "agent.log", "ab")
 
@@ -222,7 +223,7 @@ class AgentRun:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "c8ysim", "run", "--config", str(self.config)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=self.checkout, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         ready = self.notify.wait_ready(started + READY_TIMEOUT_S, self.proc)
         if ready is None:

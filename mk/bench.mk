@@ -7,11 +7,15 @@
 # e.g. make bench-footprint FOOTPRINT_ARGS="--seconds 10 --settle 5 --devices 3,10 --scale ''"
 # for a quick look; FOOTPRINT_ARGS="--only-scale" for the scale cases alone (printed only);
 # make bench-agent-drain for the drain through the agent alone.
+# make bench-ab BASE=HEAD~1: this checkout's agent against BASE's, side by side in one CPU
+# window (printed only; the way to judge a change of CPU smaller than the run-to-run noise).
 
-.PHONY: bench bench-footprint bench-status bench-agent-drain
+.PHONY: bench bench-footprint bench-status bench-agent-drain bench-ab
 
 FOOTPRINT_ARGS ?=
 AGENT_DRAIN_ARGS ?=
+BASE ?= HEAD
+AB_ARGS ?=
 
 bench: bench-footprint bench-status
 
@@ -28,3 +32,6 @@ bench-status: system-deps $(VENV_OK)
 # bare paho (printed only; bench-footprint puts it in the note).
 bench-agent-drain: system-deps $(VENV_OK)
 	$(VENV)/bin/python bench/bench_agent_drain.py $(AGENT_DRAIN_ARGS)
+
+bench-ab: system-deps $(VENV_OK)
+	$(VENV)/bin/python bench/bench_ab.py --base $(BASE) $(AB_ARGS)
