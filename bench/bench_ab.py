@@ -10,8 +10,9 @@ device) publish to the first. The sides swap their start order every round.
 
 Prints, per round, each side's CPU (every thread of its tree, from schedstat) per delivered
 measurement, its ratio to the bare loops, and this checkout's CPU over the base's. The
-same code against itself (`--base HEAD`, a clean checkout) gave 0.91, 1.02 and 0.96 in three
-rounds of 30 s: read a difference as real only when it is larger than that in every round.
+same code against itself (`--base HEAD`, a clean checkout) gave 0.91-1.02 in seven rounds of
+30 s, and once 0.85 in a round of 15 s: use rounds of 30 s or more, and read a difference as
+real only when it is larger than that in every round.
 
     make bench-ab BASE=HEAD~1 AB_ARGS="--rounds 3"
 """
@@ -29,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_footprint import (  # noqa: E402
-    BARE_DEVICE, REPO, AgentRun, Cpu, CpuCounter, MeasurementCounter, Mosquitto,
-    NotifySocket, tree)
+    BARE_DEVICE, REPO, AgentRun, Cpu, MeasurementCounter, Mosquitto, NotifySocket,
+    cpu_window, tree)
 
 SIDES = ("base", "this")
 
@@ -54,22 +55,11 @@ def measure_round(workdir: Path, checkouts: dict, brokers: dict, counters: dict,
                                   str(args.interval)])
                 for i in range(args.devices)]
         time.sleep(args.settle)
-        cpus = {side: CpuCounter(lambda run=run: tree(run.proc.pid))
-                for side, run in runs.items()}
-        cpus["bare"] = CpuCounter(lambda: [proc.pid for proc in bare])
-        counts = {side: counters[side].read() for side in SIDES}
-        counts["bare"] = counters[SIDES[0]].read(bare=True)
-        started = time.monotonic()
-        time.sleep(args.seconds)
-        used = {name: cpu.seconds() for name, cpu in cpus.items()}
-        delivered = {side: counters[side].read() - counts[side] for side in SIDES}
-        delivered["bare"] = counters[SIDES[0]].read(bare=True) - counts["bare"]
-        wall = time.monotonic() - started
-        for name, (_, lost) in used.items():
-            if lost:
-                print(f"  warning: {lost} threads of {name} ended inside the window",
-                      file=sys.stderr)
-        return {name: Cpu(cpu_s, delivered[name], wall) for name, (cpu_s, _) in used.items()}
+        sides = {side: (lambda run=run: tree(run.proc.pid), counters[side].read)
+                 for side, run in runs.items()}
+        sides["bare"] = (lambda: [proc.pid for proc in bare],
+                         lambda: counters[SIDES[0]].read(bare=True))
+        return cpu_window(sides, args.seconds)
     finally:
         for proc in bare:
             proc.kill()

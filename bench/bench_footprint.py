@@ -362,23 +362,24 @@ class Cpu:
 
 def _window(counter: MeasurementCounter, pids_now, seconds: float) -> Cpu:
     """The agent's Cpu over one window."""
-    return _windows(counter, {False: pids_now}, seconds)[False]
+    return cpu_window({"agent": (pids_now, counter.read)}, seconds)["agent"]
 
 
-def _windows(counter: MeasurementCounter, pids_now: dict, seconds: float) -> dict:
-    """{bare: Cpu} over one window for the agent's (False) and/or the bare loops' (True)
-    processes, each divided by its own measurements."""
-    cpus = {bare: CpuCounter(pids) for bare, pids in pids_now.items()}
-    counts0, wall0 = {bare: counter.read(bare) for bare in cpus}, time.monotonic()
+def cpu_window(sides: dict, seconds: float) -> dict[str, Cpu]:
+    """{name: Cpu} over one window; `sides` maps a name to (pids_now, delivered): the
+    processes to count, and a reader of the measurements delivered so far, by which that
+    side's CPU time is divided."""
+    cpus = {name: CpuCounter(pids_now) for name, (pids_now, _) in sides.items()}
+    counts0, wall0 = {name: read() for name, (_, read) in sides.items()}, time.monotonic()
     time.sleep(seconds)
-    used = {bare: cpu.seconds() for bare, cpu in cpus.items()}
-    counts1, wall1 = {bare: counter.read(bare) for bare in cpus}, time.monotonic()
-    for bare, (_cpu_s, lost) in used.items():
+    used = {name: cpu.seconds() for name, cpu in cpus.items()}
+    counts1, wall1 = {name: read() for name, (_, read) in sides.items()}, time.monotonic()
+    for name, (_cpu_s, lost) in used.items():
         if lost:
-            print(f"  warning: {lost} threads ended inside the CPU window; their CPU time is "
-                  "not counted", file=sys.stderr)
-    return {bare: Cpu(cpu_s, counts1[bare] - counts0[bare], wall1 - wall0)
-            for bare, (cpu_s, _lost) in used.items()}
+            print(f"  warning: {lost} threads of {name} ended inside the CPU window; their "
+                  "CPU time is not counted", file=sys.stderr)
+    return {name: Cpu(cpu_s, counts1[name] - counts0[name], wall1 - wall0)
+            for name, (cpu_s, _lost) in used.items()}
 
 
 def measure_cpu(workdir, port, notify, counter, count, interval_s, settle,
@@ -393,9 +394,11 @@ def measure_cpu(workdir, port, notify, counter, count, interval_s, settle,
     try:
         cpus = online_agent(
             workdir, port, notify, count, interval_s, settle,
-            lambda run, _: _windows(counter, {False: lambda: tree(run.proc.pid),
-                                              True: lambda: [p.pid for p in procs]}, seconds))
-        return cpus[False], cpus[True]
+            lambda run, _: cpu_window(
+                {"agent": (lambda: tree(run.proc.pid), counter.read),
+                 "bare": (lambda: [p.pid for p in procs], lambda: counter.read(bare=True))},
+                seconds))
+        return cpus["agent"], cpus["bare"]
     finally:
         for proc in procs:
             proc.kill()

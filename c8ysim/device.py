@@ -295,9 +295,10 @@ class Device:
         if self.session and self.session.operations.restart_requested:
             log.info("restarting the device for its c8y_Restart operation")
             return True
-        if self._beat_due(now) or self._link() != self.beat_link:
+        link = self._link()
+        if self._beat_due(now) or link != self.beat_link:
             steady = self.send_heartbeat()
-            self.beat_link = self._link()
+            self.beat_link = link
             self.next_heartbeat = now + (self.beat_steady_s if steady else BEAT_BUSY_S)
         return False
 
@@ -307,8 +308,8 @@ class Device:
         return uplink.state if uplink else self.outage_until is not None
 
     def _beat_due(self, now: float) -> bool:
-        """About once a second, in the turn after a reading's acknowledgement if one is near
-        (at most BEAT_LATE_S late or early)."""
+        """Whether the beat goes out now: when it is due, or in the turn after a reading's
+        acknowledgement if it is due within BEAT_LATE_S of it (either way)."""
         if now >= self.next_heartbeat + BEAT_LATE_S:
             return True
         if self._beat_waits():
